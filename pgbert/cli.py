@@ -1,0 +1,124 @@
+"""Command line: thin argument parsing over pgbert.api. Bad input exits with code 2 and one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .errors import PgbertError
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--task", required=True, help="glue task, squad, rt-sentiment, classification or regression"
+    )
+    g.add_argument("--data-dir", help="GLUE-format TSV folder (or folder with train-v1.1.json/dev-v1.1.json)")
+    g.add_argument("--train-file", help="CSV/TSV/JSON/JSONL (or SQuAD JSON) training file")
+    g.add_argument("--dev-file", help="CSV/TSV/JSON/JSONL (or SQuAD JSON) dev file")
+    g.add_argument("--text-column")
+    g.add_argument("--text-pair-column")
+    g.add_argument("--label-column")
+    g.add_argument("--max-train-samples", type=int)
+    g.add_argument("--max-dev-samples", type=int)
+    g.add_argument("--max-seq-length", type=int, default=128)
+
+
+def _train_args(p: argparse.ArgumentParser, epochs: float) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=float, default=epochs)
+    g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--eval-steps", type=int)
+    g.add_argument("--patience", type=int)
+    g.add_argument("--max-steps", type=int)
+
+
+def _data_options(a):
+    from .tasks import DataOptions
+
+    return DataOptions(
+        data_dir=a.data_dir,
+        train_file=a.train_file,
+        dev_file=a.dev_file,
+        text_column=a.text_column,
+        text_pair_column=a.text_pair_column,
+        label_column=a.label_column,
+        max_train_samples=a.max_train_samples,
+        max_dev_samples=a.max_dev_samples,
+    )
+
+
+def _train_config(a, **kw):
+    from .training import TrainConfig
+
+    return TrainConfig(
+        epochs=a.epochs,
+        lr=a.lr,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        eval_steps=a.eval_steps,
+        patience=a.patience,
+        max_steps=a.max_steps,
+        max_seq_length=a.max_seq_length,
+        quiet=a.quiet,
+        **kw,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgbert", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("finetune", help="fine-tune a BERT-family model on a task")
+    p.add_argument("model", help="model folder, hub id, or 'minilm' (the bundled all-MiniLM-L6-v2)")
+    _data_args(p)
+    _train_args(p, epochs=3.0)
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("evaluate", help="dev metrics of a fine-tuned or compact model")
+    p.add_argument("model")
+    _data_args(p)
+    p.add_argument("--json", action="store_true")
+
+    for p in sub.choices.values():
+        p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    from . import api
+
+    api.set_quiet(a.quiet)
+    if a.command == "finetune":
+        _, result = api.finetune(a.model, a.task, a.output, _data_options(a), _train_config(a), a.overwrite)
+        _print_metrics(result["metrics"], False)
+        print(f"saved to {a.output}")
+    elif a.command == "evaluate":
+        metrics = api.evaluate(a.model, a.task, _data_options(a), a.max_seq_length)
+        _print_metrics(metrics, a.json)
+    return 0
+
+
+def _print_metrics(metrics: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    for split, m in metrics.items():
+        print(f"{split}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except PgbertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,205 @@
+"""Stage 5: weight compensation by ridge least squares, layer by layer in forward order.
+
+For each pruned linear, inputs X come from the already-compensated pruned model and targets Y are the
+dense model's outputs of that linear. For each kept block (rows R sharing the column set C):
+    min ||Y[R] - W_R X[C] - b_R||^2 + lam ||[W_R, b_R] - [W_R, b_R]_orig||^2
+Rows with no kept block get the mean target as bias (bias absorption). Padding tokens are excluded.
+Guards: a linear keeps its compensation only if it lowers the error on held-out calibration tokens, and
+a layer keeps it only if the held-out task loss does not rise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..adapters import MATRICES, adapter_for
+
+
+@dataclass
+class LinearStats:
+    """Sufficient statistics of (x, y) pairs: enough to solve and to score any (W, b) exactly."""
+
+    n_in: int
+    n_out: int
+    gram: torch.Tensor = field(init=False)  # sum [x,1][x,1]^T  (n_in+1)^2
+    xty: torch.Tensor = field(init=False)  # sum [x,1] y^T       (n_in+1) x n_out
+    yy: torch.Tensor = field(init=False)  # sum y^2 per output
+    ysum: torch.Tensor = field(init=False)
+    count: int = 0
+
+    def __post_init__(self):
+        self.gram = torch.zeros(self.n_in + 1, self.n_in + 1, dtype=torch.float64)
+        self.xty = torch.zeros(self.n_in + 1, self.n_out, dtype=torch.float64)
+        self.yy = torch.zeros(self.n_out, dtype=torch.float64)
+        self.ysum = torch.zeros(self.n_out, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x = torch.cat([x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64)], 1)
+        y = y.double()
+        self.gram += x.T @ x
+        self.xty += x.T @ y
+        self.yy += y.square().sum(0)
+        self.ysum += y.sum(0)
+        self.count += x.shape[0]
+
+
+def squared_error(W: torch.Tensor, b: torch.Tensor, st: LinearStats) -> float:
+    """sum over tokens of ||y - W x - b||^2, from the statistics alone."""
+    Wt = torch.cat([W.double(), b.double()[:, None]], 1)  # m x (n+1)
+    return float(st.yy.sum() - 2 * (Wt * st.xty.T).sum() + ((Wt @ st.gram) * Wt).sum())
+
+
+def solve_compensation(
+    W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, st: LinearStats, damp: float = 1e-2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ridge least-squares refit of the kept weights and the bias of one masked linear."""
+    W_new, b_new = (W * mask).double().clone(), b.double().clone()
+    n = W.shape[1]
+    lam = damp * float(torch.diagonal(st.gram)[:n].mean()) + 1e-8
+    patterns, inverse = torch.unique(mask.bool(), dim=0, return_inverse=True)
+    for p in range(patterns.shape[0]):
+        rows = torch.nonzero(inverse == p)[:, 0]
+        cols = torch.nonzero(patterns[p])[:, 0]
+        if cols.numel() == 0:
+            b_new[rows] = st.ysum[rows] / max(st.count, 1)
+            continue
+        idx = torch.cat([cols, torch.tensor([n])])
+        A = st.gram[idx][:, idx] + lam * torch.eye(idx.numel(), dtype=torch.float64)
+        orig = torch.cat([W[rows][:, cols].double(), b[rows].double()[:, None]], 1)  # |R| x (|C|+1)
+        B = st.xty[idx][:, rows] + lam * orig.T
+        sol = torch.linalg.solve(A, B)  # (|C|+1) x |R|
+        W_new[rows[:, None], cols] = sol[:-1].T
+        b_new[rows] = sol[-1]
+    return W_new.to(W.dtype), b_new.to(b.dtype)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Tensor, object, torch.Tensor]]:
+    """(hidden states entering layer 0, the attention-mask argument, token mask) per batch."""
+    layer0 = adapter_for(model.config).layers(model)[0]
+    out = []
+
+    def hook(module, args, kwargs):
+        mask = args[1] if len(args) > 1 else kwargs.get("attention_mask")
+        out.append((args[0].detach(), mask))
+        raise _Stop
+
+    h = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in batches:
+            try:
+                model(**{k: v for k, v in batch.items() if not k.endswith(("labels", "positions"))})
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+    return [(x, m, batch["attention_mask"].bool()) for (x, m), batch in zip(out, batches)]
+
+
+def _run_layer(layer, inputs, capture: dict[str, nn.Module], what: str):
+    """Run one layer over all batches; return next hidden states and captured linear inputs or outputs
+    (valid tokens only)."""
+    got = {k: [] for k in capture}
+    hooks = []
+    tok = {}
+    for k, mod in capture.items():
+
+        def hook(m, a, o, k=k):
+            t = a[0] if what == "input" else o
+            got[k].append(t.detach()[tok["mask"]])
+
+        hooks.append(mod.register_forward_hook(hook))
+    nxt = []
+    try:
+        with torch.no_grad():
+            for x, attn, tmask in inputs:
+                tok["mask"] = tmask
+                y = layer(x, attn)
+                nxt.append((y[0] if isinstance(y, tuple) else y, attn, tmask))
+    finally:
+        for h in hooks:
+            h.remove()
+    return nxt, {k: torch.cat(v) for k, v in got.items()}
+
+
+def compensate(
+    dense: nn.Module,
+    pruned: nn.Module,
+    masks: dict[str, torch.Tensor],
+    fit: list[dict],
+    check: list[dict],
+    loss_fn,
+    damp: float = 1e-2,
+    quiet: bool = True,
+) -> dict[str, dict]:
+    """Compensate `pruned` (dense weights times masks) in place; returns per-matrix errors (relative
+    squared error on held-out tokens, before and after) and whether each layer kept its compensation."""
+    adapter = adapter_for(dense.config)
+    d_layers, p_layers = adapter.layers(dense), adapter.layers(pruned)
+    prefix = {id(m): n for n, m in pruned.named_modules()}
+    fit_d = fit_p = _layer_inputs(dense, fit)
+    chk_d = chk_p = _layer_inputs(dense, check)
+    report: dict[str, dict] = {}
+    base_loss = loss_fn(pruned, check)
+    stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
+    for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
+        dparts, pparts = adapter.parts(d_layers[li]), adapter.parts(p_layers[li])
+        dmods = {k: dparts.linear(k) for k in MATRICES}
+        fit_d_next, fit_targets = _run_layer(d_layers[li], fit_d, dmods, "output")
+        chk_d_next, chk_targets = _run_layer(d_layers[li], chk_d, dmods, "output")
+        saved = {
+            k: (pparts.linear(k).weight.detach().clone(), pparts.linear(k).bias.detach().clone())
+            for k in MATRICES
+        }
+        layer_report = {}
+        for stage in stages:
+            pmods = {k: pparts.linear(k) for k in stage}
+            _, fit_x = _run_layer(p_layers[li], fit_p, pmods, "input")
+            _, chk_x = _run_layer(p_layers[li], chk_p, pmods, "input")
+            for k in stage:
+                lin = pmods[k]
+                name = prefix[id(lin)] + ".weight"
+                mask = masks.get(name, torch.ones_like(lin.weight))
+                st_fit = LinearStats(lin.in_features, lin.out_features)
+                st_fit.add(fit_x[k], fit_targets[k])
+                st_chk = LinearStats(lin.in_features, lin.out_features)
+                st_chk.add(chk_x[k], chk_targets[k])
+                W, b = lin.weight.detach() * mask, lin.bias.detach()
+                W2, b2 = solve_compensation(W, b, mask, st_fit, damp)
+                norm = float(st_chk.yy.sum()) + 1e-12
+                before, after = squared_error(W, b, st_chk) / norm, squared_error(W2, b2, st_chk) / norm
+                if after < before:
+                    with torch.no_grad():
+                        lin.weight.copy_(W2 * mask)
+                        lin.bias.copy_(b2)
+                layer_report[name] = {
+                    "error_before": before,
+                    "error_after": min(after, before),
+                    "compensated": after < before,
+                }
+        loss = loss_fn(pruned, check)
+        keep = loss <= base_loss
+        if not keep:  # the task got worse: undo this layer's compensation
+            with torch.no_grad():
+                for k, (w, b) in saved.items():
+                    pparts.linear(k).weight.copy_(w)
+                    pparts.linear(k).bias.copy_(b)
+            for r in layer_report.values():
+                r.update(error_after=r["error_before"], compensated=False)
+        else:
+            base_loss = loss
+        for r in layer_report.values():
+            r["layer_kept"] = keep
+        report.update(layer_report)
+        fit_d, chk_d = fit_d_next, chk_d_next
+        fit_p, _ = _run_layer(p_layers[li], fit_p, {}, "input")
+        chk_p, _ = _run_layer(p_layers[li], chk_p, {}, "input")
+    report["_check_loss"] = {"final": base_loss}
+    return report

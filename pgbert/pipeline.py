@@ -1,0 +1,284 @@
+"""PGB, stage by stage, as ../shared/METHOD.md defines it:
+
+importance -> grouping by permutation -> budget allocation -> masks (re-permutation) -> compensation
+-> re-finetuning. The compact export lives in pgbert.compact.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .adapters import MATRICES, adapter_for
+from .errors import PgbertError
+from .method.allocation import GROUP_COUNTS, Option, allocate, blocks_to_mask, matrix_options
+from .method.compensation import compensate
+from .method.importance import fisher_scores, magnitude_scores
+from .method.structure import flops_ratio, layer_structure
+from .tasks import TaskData
+from .tasks.features import Collator, train_features
+from .training import TrainConfig, apply_masks, evaluate, finetune
+
+log = logging.getLogger("pgbert")
+MIN_CALIB = 32
+
+
+@dataclass
+class PruneConfig:
+    sparsity: float
+    importance: str = "fisher"  # "fisher" | "magnitude"
+    calib_samples: int = 2048
+    compensation_samples: int = 512
+    check_samples: int = 256
+    permute: bool = True  # False: identity grouping (the no-permutation ablation)
+    group_counts: tuple[int, ...] = GROUP_COUNTS
+    fixed_groups: int | None = None  # ablation: every matrix keeps round((1-s) G) of G blocks
+    compensate: bool = True
+    allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
+    finetune_epochs: float = 1.0
+    kd: bool = False
+    kd_alpha: float = 0.5
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_seq_length: int = 128
+    seed: int = 0
+    flops_seq_len: int = 128
+    quiet: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not 0.0 < self.sparsity < 1.0:
+            raise PgbertError(f"--sparsity must be in (0, 1), got {self.sparsity}")
+        if self.importance not in ("fisher", "magnitude"):
+            raise PgbertError(f"--importance must be fisher or magnitude, got {self.importance}")
+        if self.calib_samples < MIN_CALIB:
+            raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
+
+
+def prunable_names(model: nn.Module) -> list[list[str]]:
+    """Per layer, the parameter names of Q, K, V, O, FFN-in, FFN-out weights (in MATRICES order)."""
+    adapter = adapter_for(model.config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [
+        [names[id(adapter.parts(layer).linear(k).weight)] for k in MATRICES]
+        for layer in adapter.layers(model)
+    ]
+
+
+def calibration_split(data: TaskData, cfg: PruneConfig) -> tuple[list[dict], list[dict]]:
+    """Calibration examples (for importance and compensation) and disjoint held-out check examples."""
+    pool = list(data.train)
+    random.Random(cfg.seed).shuffle(pool)
+    n = min(cfg.calib_samples, len(pool))
+    if n < MIN_CALIB:
+        raise PgbertError(
+            f"the train split has only {len(pool)} examples; pruning needs at least {MIN_CALIB} for calibration"
+        )
+    calib = pool[:n]
+    rest = pool[n:]
+    check = (rest or calib)[: cfg.check_samples]
+    return calib, check
+
+
+def batches_of(data: TaskData, examples: list[dict], tokenizer, cfg: PruneConfig) -> list[dict]:
+    feats = train_features(data, tokenizer, cfg.max_seq_length, examples)
+    return list(DataLoader(feats, batch_size=cfg.batch_size, collate_fn=Collator(tokenizer)))
+
+
+@torch.no_grad()
+def task_loss(model: nn.Module, batches: list[dict]) -> float:
+    model.eval()
+    losses = [float(model(**b).loss) * len(b["input_ids"]) for b in batches]
+    return sum(losses) / sum(len(b["input_ids"]) for b in batches)
+
+
+def choose_options(
+    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, quiet: bool = True
+) -> dict[str, Option]:
+    """Stages 2-3: grouping options per matrix and the knapsack choice; sublayers that drop free their
+    partner matrices' budget, so allocation repeats with those forced empty."""
+    flat = [n for layer in names for n in layer]
+    total = sum(scores[n].numel() for n in flat)
+    budget = (1.0 - cfg.sparsity) * total
+    options = {}
+    for n in tqdm(flat, desc="grouping", disable=quiet, leave=False):
+        opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute)
+        if cfg.fixed_groups:
+            G = cfg.fixed_groups
+            k = max(1, round((1 - cfg.sparsity) * G))
+            opts = [o for o in opts if (o.groups, o.blocks_kept) == (G, k)] or [
+                o for o in opts if o.kind == "submatrix" and abs(o.cost - k * scores[n].numel() / G**2) < 1
+            ]
+        elif not cfg.allow_drop:
+            opts = [o for o in opts if o.kind != "empty"]
+        options[n] = opts
+    forced: set[str] = set()
+    for _ in range(4):
+        cand = {
+            n: ([o for o in options[n] if o.kind == "empty"] if n in forced else options[n]) for n in flat
+        }
+        pick = allocate([cand[n] for n in flat], budget)
+        chosen = {n: cand[n][i] for n, i in zip(flat, pick)}
+        new = set(forced)
+        for layer in names:
+            empty = {k: chosen[n].kind == "empty" for k, n in zip(MATRICES, layer)}
+            if empty["v"] or empty["o"]:
+                new |= set(layer[:4])
+            if empty["ffn_in"] or empty["ffn_out"]:
+                new |= set(layer[4:])
+        if new == forced or not cfg.allow_drop:
+            break
+        forced = new
+    return chosen
+
+
+def prune_model(
+    dense: nn.Module, tokenizer, data: TaskData, cfg: PruneConfig
+) -> tuple[nn.Module, dict, dict]:
+    """Run PGB on a fine-tuned model. Returns (pruned model with fixed masks, masks, report)."""
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    timings: dict[str, float] = {}
+    names = prunable_names(dense)
+    flat = [n for layer in names for n in layer]
+    calib, check = calibration_split(data, cfg)
+    calib_batches = batches_of(data, calib, tokenizer, cfg)
+    check_batches = batches_of(data, check, tokenizer, cfg)
+    metrics = {"dense": evaluate(dense, tokenizer, data, max_seq_length=cfg.max_seq_length)}
+
+    t = time.perf_counter()  # 1. importance
+    if cfg.importance == "fisher":
+        scores = fisher_scores(dense, calib_batches, flat, quiet=cfg.quiet)
+    else:
+        scores = magnitude_scores(dense, flat)
+    timings["importance"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # 2-3. grouping by permutation and budget allocation
+    chosen = choose_options(scores, names, cfg, quiet=cfg.quiet)
+    timings["grouping_allocation"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # 4. re-permutation: masks in original coordinates
+    masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for n in flat}
+    pruned = copy.deepcopy(dense)
+    apply_masks(pruned, masks)
+    timings["masks"] = time.perf_counter() - t
+    metrics["masked"] = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
+
+    comp_report: dict = {}
+    t = time.perf_counter()  # 5. compensation
+    if cfg.compensate:
+        fit = calib_batches[: max(1, cfg.compensation_samples // cfg.batch_size)]
+        comp_report = compensate(dense, pruned, masks, fit, check_batches, task_loss, quiet=cfg.quiet)
+    timings["compensation"] = time.perf_counter() - t
+    metrics["pruned"] = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
+
+    t = time.perf_counter()  # 6. re-finetuning with the masks held fixed
+    if cfg.finetune_epochs > 0:
+        tcfg = TrainConfig(
+            epochs=cfg.finetune_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_seq_length=cfg.max_seq_length,
+            seed=cfg.seed,
+            quiet=cfg.quiet,
+            eval_steps=_eval_steps(len(data.train), cfg),
+            kd_alpha=cfg.kd_alpha if cfg.kd else 0.0,
+        )
+        pruned, hist = finetune(pruned, tokenizer, data, tcfg, masks=masks, teacher=dense if cfg.kd else None)
+        metrics["finetuned"] = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
+        metrics["finetune_history"] = hist["evals"]
+    timings["finetune"] = time.perf_counter() - t
+
+    report = build_report(dense, pruned, names, scores, chosen, masks, cfg)
+    report.update(
+        metrics=metrics,
+        timings_s=timings,
+        compensation=comp_report,
+        calibration={"examples": len(calib), "check_examples": len(check)},
+    )
+    return pruned, masks, report
+
+
+def _eval_steps(n_train: int, cfg: PruneConfig) -> int:
+    steps = max(1, int(n_train * cfg.finetune_epochs / cfg.batch_size))
+    return max(1, steps // 4)  # four dev checks per re-finetune, early stop keeps the best
+
+
+def build_report(dense, pruned, names, scores, chosen, masks, cfg: PruneConfig) -> dict:
+    adapter = adapter_for(dense.config)
+    heads = adapter.num_heads(dense.config)
+    flat = [n for layer in names for n in layer]
+    total = sum(masks[n].numel() for n in flat)
+    kept = sum(int((pruned.get_parameter(n) != 0).sum()) for n in flat)
+    mask_kept = sum(int(masks[n].sum()) for n in flat)
+    zero_ok = all(bool((pruned.get_parameter(n)[masks[n] == 0] == 0).all()) for n in flat)
+    matrices = []
+    for n in flat:
+        o, s = chosen[n], float(scores[n].double().sum()) or 1.0
+        matrices.append(
+            {
+                "name": n,
+                "shape": list(scores[n].shape),
+                "option": o.kind,
+                "groups": o.groups,
+                "blocks_kept": o.blocks_kept,
+                "block_shape": list(o.shape),
+                "density": o.cost / scores[n].numel(),
+                "score_kept_fraction": o.value / s,
+                "score_kept_fraction_identity": o.identity_value / s,
+            }
+        )
+    layers = [{k: masks[n] for k, n in zip(MATRICES, layer)} for layer in names]
+    structs = [layer_structure(m, heads) for m in layers]
+    dropped = [
+        f"layer{i}.{part}"
+        for i, st in enumerate(structs)
+        for part, flag in (("attention", st["attention_dropped"]), ("ffn", st["ffn_dropped"]))
+        if flag
+    ]
+    fr = flops_ratio(
+        layers,
+        heads,
+        dense.config.hidden_size if hasattr(dense.config, "hidden_size") else dense.config.dim,
+        cfg.flops_seq_len,
+    )
+    perm = [m["score_kept_fraction"] for m in matrices]
+    ident = [m["score_kept_fraction_identity"] for m in matrices]
+    return {
+        "method": "pgb" if cfg.permute else "pgb-identity",
+        "config": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+        "sparsity_target": cfg.sparsity,
+        "sparsity_achieved": 1 - mask_kept / total,
+        "params_total": total,
+        "params_kept": mask_kept,
+        "nonzero_kept": kept,
+        "pruned_weights_exactly_zero": zero_ok,
+        "flops_ratio": fr["flops_ratio"],
+        "flops_seq_len": fr["seq_len"],
+        "permutation_gain": {
+            "mean_score_kept_fraction": sum(perm) / len(perm),
+            "mean_score_kept_fraction_identity": sum(ident) / len(ident),
+        },
+        "matrices": matrices,
+        "layers": structs,
+        "dropped_sublayers": dropped,
+    }
+
+
+def masked_equals_dense_times_masks(dense: nn.Module, pruned: nn.Module, masks: dict, batch: dict) -> float:
+    """Max |logit difference| between the pruned model and a dense copy whose weights are multiplied by
+    the masks (without compensation or re-finetuning they must agree exactly)."""
+    ref = copy.deepcopy(dense)
+    apply_masks(ref, masks)
+    with torch.no_grad():
+        a, b = ref(**batch).logits, pruned(**batch).logits
+    return float(F.l1_loss(a, b, reduction="none").max())
