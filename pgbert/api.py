@@ -79,3 +79,169 @@ def evaluate(
     tokenizer = models.load_tokenizer(model)
     net = models.load_for_task(model, task_data, require_finetuned=True)
     return evaluate_all(net, tokenizer, task_data, max_seq_length=max_seq_length)
+
+
+def _compact_and_check(pruned: nn.Module, masks: dict, tokenizer, data: TaskData, max_seq_length: int):
+    """Compact model plus its max |logit| difference to the pruned model on a dev batch."""
+    import torch
+
+    from .compact.model import to_compact
+    from .tasks.features import collator_for, encode_examples
+
+    compact = to_compact(pruned, masks)
+    if data.spec.kind == "qa":
+        from .tasks.squad import prepare_eval_features
+
+        feats = prepare_eval_features(data.dev[data.main_dev][:8], tokenizer, max_seq_length)[0]
+    else:
+        feats = encode_examples(data.dev[data.main_dev][:16], tokenizer, data.spec.kind, max_seq_length)
+    batch = collator_for(tokenizer, pruned)([{k: v for k, v in f.items() if k != "labels"} for f in feats])
+    with torch.no_grad():
+        a, b = pruned.eval()(**batch), compact(**batch)
+    keys = ("start_logits", "end_logits") if data.spec.kind == "qa" else ("logits",)
+    diff = max(float((getattr(a, k) - getattr(b, k)).abs().max()) for k in keys)
+    return compact, diff
+
+
+def prune(
+    model: str | Path,
+    task: str,
+    sparsity: float,
+    output: str | Path | None = None,
+    data: DataOptions | TaskData | None = None,
+    cfg=None,
+    overwrite: bool = False,
+    compact: bool = True,
+):
+    """PGB-prune a fine-tuned model. Returns (model, report): the compact model (or, with compact=False,
+    the masked one). With `output`, DIR holds that model, `masked/` (masked model + masks) and report.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .bench import compare
+    from .compact.model import save
+    from .pipeline import PruneConfig, prune_model
+
+    cfg = cfg or PruneConfig(sparsity=sparsity)
+    cfg.sparsity = sparsity
+    cfg.validate()
+    if output is not None:
+        check_output_dir(output, overwrite)
+    task_data = data if isinstance(data, TaskData) else load_task(task, data)
+    tokenizer = models.load_tokenizer(model)
+    dense = models.load_for_task(model, task_data, require_finetuned=True).eval()
+    pruned, masks, report = prune_model(dense, tokenizer, task_data, cfg)
+    report.update(task=task_data.spec.name, model=str(model), data=task_data.source)
+    result = pruned
+    if compact:
+        result, diff = _compact_and_check(pruned, masks, tokenizer, task_data, cfg.max_seq_length)
+        speed = compare(result, dense, batch_size=32, seq_len=cfg.flops_seq_len, repeats=6)
+        report["compact"] = {
+            "max_abs_logit_diff_vs_pruned": diff,
+            "params": speed["model"]["params"],
+            "dense_params": speed["against"]["params"],
+            "latency_ms": speed["model"]["median_ms"],
+            "dense_latency_ms": speed["against"]["median_ms"],
+            "speedup": speed["speedup"],
+            "flops_limit_speedup": speed["flops_limit_speedup"],
+            "bench": {k: speed[k] for k in ("batch_size", "seq_len", "environment")},
+        }
+    if output is not None:
+        with atomic_run_dir(output, overwrite) as tmp:
+            (tmp / "masked").mkdir()
+            pruned.save_pretrained(tmp / "masked")
+            tokenizer.save_pretrained(tmp / "masked")
+            save_file(
+                {k: (v != 0).to(torch.uint8).contiguous() for k, v in masks.items()},
+                tmp / "masked" / "masks.safetensors",
+            )
+            if compact:
+                save(result, tmp, tokenizer)
+            write_json(tmp / "report.json", report)
+            log.info("pruned %s at sparsity %.3f", model, report["sparsity_achieved"])
+    return result, report
+
+
+def compact(pruned_dir: str | Path, output: str | Path, overwrite: bool = False) -> nn.Module:
+    """Compact a masked model folder (DIR/masked of `pgbert prune`, or any folder with masks.safetensors)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from .compact.model import save, to_compact
+    from .errors import PgbertError
+
+    src = Path(pruned_dir)
+    if (src / "masked" / "masks.safetensors").is_file():
+        src = src / "masked"
+    if not (src / "masks.safetensors").is_file():
+        raise PgbertError(
+            f"{pruned_dir} holds no masks.safetensors; give the output folder of `pgbert prune`"
+        )
+    check_output_dir(output, overwrite)
+    config = AutoConfig.from_pretrained(src)
+    kind = "qa" if any("QuestionAnswering" in a for a in config.architectures or []) else "classification"
+    net = models.task_model_class(kind).from_pretrained(src).eval()
+    masks = {k: v.float() for k, v in load_file(src / "masks.safetensors").items()}
+    result = to_compact(net, masks)
+    with atomic_run_dir(output, overwrite) as tmp:
+        save(result, tmp, models.AutoTokenizer.from_pretrained(src))
+    return result
+
+
+def load(folder: str | Path) -> nn.Module:
+    """Load a compact pgbert model (same result as from_pretrained with trust_remote_code)."""
+    from .compact.model import load as _load
+
+    return _load(folder)
+
+
+def export(folder: str | Path, onnx_file: str | Path) -> dict:
+    """Export a compact (or dense) model folder to ONNX and check it in onnxruntime."""
+    from .compact.export import export_onnx
+
+    name = models.resolve(folder)
+    net = load(name) if models._is_pgbert(name) else _load_any(name)
+    return export_onnx(net, onnx_file)
+
+
+def _load_any(name: str) -> nn.Module:
+    config = models.load_config(name)
+    kind = "qa" if any("QuestionAnswering" in a for a in config.architectures or []) else "classification"
+    return models.task_model_class(kind).from_pretrained(name).eval()
+
+
+def bench(
+    model: str | Path,
+    against: str | Path | None = None,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    threads: int | None = None,
+    device: str = "cpu",
+    repeats: int = 10,
+) -> dict:
+    """Latency of a model folder, optionally against a dense reference: speedup and FLOP limit."""
+    from .bench import compare
+    from .errors import PgbertError
+
+    if batch_size < 1 or seq_len < 1:
+        raise PgbertError(f"--batch-size and --seq-len must be positive, got {batch_size} and {seq_len}")
+
+    def get(name):
+        name = models.resolve(name)
+        net = load(name) if models._is_pgbert(name) else _load_any(name)
+        cfg = getattr(net.config, "base_config", None) or net.config.to_dict()
+        limit = cfg.get("max_position_embeddings", 512)
+        if seq_len > limit:
+            raise PgbertError(
+                f"--seq-len {seq_len} exceeds the model's {limit} positions; use at most {limit}"
+            )
+        return net
+
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PgbertError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return compare(
+        get(model), get(against) if against else None, batch_size, seq_len, threads, device, repeats
+    )

@@ -84,6 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("prune", help="PGB-prune a fine-tuned model and export the compact model")
+    p.add_argument("model")
+    _data_args(p)
+    p.add_argument("--sparsity", type=float, required=True, help="pruned fraction of encoder linear weights")
+    p.add_argument("--calib-samples", type=int, default=2048)
+    p.add_argument("--compensation-samples", type=int, default=512)
+    p.add_argument("--importance", choices=["fisher", "magnitude"], default="fisher")
+    p.add_argument("--no-permutation", action="store_true", help="identity grouping (ablation)")
+    p.add_argument("--no-compensation", action="store_true")
+    p.add_argument("--no-layer-drop", action="store_true")
+    p.add_argument("--finetune-epochs", type=float, default=1.0, help="0 skips re-finetuning")
+    p.add_argument("--kd", action="store_true", help="distil from the dense model while re-finetuning")
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-compact", action="store_true", help="save only the masked model")
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("compact", help="turn a pruned (masked) model folder into a compact model")
+    p.add_argument("pruned_dir")
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("export", help="export a model folder to ONNX and check it in onnxruntime")
+    p.add_argument("model_dir")
+    p.add_argument("--onnx", required=True)
+
+    p = sub.add_parser("bench", help="latency of a model, optionally against a dense one")
+    p.add_argument("model")
+    p.add_argument("--against")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+
     for p in sub.choices.values():
         p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
     return parser
@@ -98,10 +136,87 @@ def run(argv: list[str] | None = None) -> int:
         _, result = api.finetune(a.model, a.task, a.output, _data_options(a), _train_config(a), a.overwrite)
         _print_metrics(result["metrics"], False)
         print(f"saved to {a.output}")
+    elif a.command == "prune":
+        from .pipeline import PruneConfig
+
+        cfg = PruneConfig(
+            sparsity=a.sparsity,
+            importance=a.importance,
+            calib_samples=a.calib_samples,
+            compensation_samples=a.compensation_samples,
+            permute=not a.no_permutation,
+            compensate=not a.no_compensation,
+            allow_drop=not a.no_layer_drop,
+            finetune_epochs=a.finetune_epochs,
+            kd=a.kd,
+            lr=a.lr,
+            batch_size=a.batch_size,
+            max_seq_length=a.max_seq_length,
+            seed=a.seed,
+            quiet=a.quiet,
+        )
+        _, report = api.prune(
+            a.model,
+            a.task,
+            a.sparsity,
+            a.output,
+            _data_options(a),
+            cfg,
+            a.overwrite,
+            compact=not a.no_compact,
+        )
+        _print_prune(report)
+        print(f"saved to {a.output}")
+    elif a.command == "compact":
+        api.compact(a.pruned_dir, a.output, a.overwrite)
+        print(f"saved to {a.output}")
+    elif a.command == "export":
+        print(json.dumps(api.export(a.model_dir, a.onnx), indent=2))
+    elif a.command == "bench":
+        res = api.bench(a.model, a.against, a.batch_size, a.seq_len, a.threads, a.device, a.repeats)
+        if a.json:
+            print(json.dumps(res, indent=2))
+        else:
+            m = res["model"]
+            print(
+                f"{a.model}: {m['median_ms']:.1f} ms  params {m['params']:,}  (batch {a.batch_size} x seq {a.seq_len})"
+            )
+            if "against" in res:
+                print(
+                    f"{a.against}: {res['against']['median_ms']:.1f} ms  params {res['against']['params']:,}"
+                )
+                print(
+                    f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {res['flops_limit_speedup']:.2f}x)"
+                )
     elif a.command == "evaluate":
         metrics = api.evaluate(a.model, a.task, _data_options(a), a.max_seq_length)
         _print_metrics(metrics, a.json)
     return 0
+
+
+def _print_prune(r: dict) -> None:
+    print(
+        f"sparsity {r['sparsity_achieved']:.4f} (target {r['sparsity_target']})  flops ratio {r['flops_ratio']:.3f}"
+        f" at seq {r['flops_seq_len']}  dropped {len(r['dropped_sublayers'])} sublayers"
+    )
+    g = r["permutation_gain"]
+    print(
+        f"score kept {g['mean_score_kept_fraction']:.3f} (no permutation {g['mean_score_kept_fraction_identity']:.3f})"
+    )
+    main = r.get("main_metric", "accuracy")
+    for stage in ("dense", "masked", "pruned", "finetuned"):
+        if stage in r["metrics"]:
+            m = r["metrics"][stage]
+            print(
+                f"  {stage:9s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "loss" or main == k)
+            )
+    if "compact" in r:
+        c = r["compact"]
+        print(
+            f"compact: max |logit diff| {c['max_abs_logit_diff_vs_pruned']:.2e}  params {c['params']:,} / "
+            f"{c['dense_params']:,}  speedup {c['speedup']:.2f}x (FLOP limit {c['flops_limit_speedup']:.2f}x)"
+        )
+    print("timings " + "  ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items()))
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:

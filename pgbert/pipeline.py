@@ -25,7 +25,7 @@ from .method.compensation import compensate
 from .method.importance import fisher_scores, magnitude_scores
 from .method.structure import flops_ratio, layer_structure
 from .tasks import TaskData
-from .tasks.features import Collator, train_features
+from .tasks.features import collator_for, train_features
 from .training import TrainConfig, apply_masks, evaluate, finetune
 
 log = logging.getLogger("pgbert")
@@ -89,9 +89,11 @@ def calibration_split(data: TaskData, cfg: PruneConfig) -> tuple[list[dict], lis
     return calib, check
 
 
-def batches_of(data: TaskData, examples: list[dict], tokenizer, cfg: PruneConfig) -> list[dict]:
+def batches_of(
+    data: TaskData, examples: list[dict], tokenizer, model: nn.Module, cfg: PruneConfig
+) -> list[dict]:
     feats = train_features(data, tokenizer, cfg.max_seq_length, examples)
-    return list(DataLoader(feats, batch_size=cfg.batch_size, collate_fn=Collator(tokenizer)))
+    return list(DataLoader(feats, batch_size=cfg.batch_size, collate_fn=collator_for(tokenizer, model)))
 
 
 @torch.no_grad()
@@ -151,8 +153,8 @@ def prune_model(
     names = prunable_names(dense)
     flat = [n for layer in names for n in layer]
     calib, check = calibration_split(data, cfg)
-    calib_batches = batches_of(data, calib, tokenizer, cfg)
-    check_batches = batches_of(data, check, tokenizer, cfg)
+    calib_batches = batches_of(data, calib, tokenizer, dense, cfg)
+    check_batches = batches_of(data, check, tokenizer, dense, cfg)
     metrics = {"dense": evaluate(dense, tokenizer, data, max_seq_length=cfg.max_seq_length)}
 
     t = time.perf_counter()  # 1. importance

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .tasks import TaskData
-from .tasks.features import Collator, train_features
+from .tasks.features import collator_for, train_features
 from .tasks.metrics import glue_metrics
 
 log = logging.getLogger("pgbert")
@@ -96,7 +96,9 @@ def finetune(
     acc = _accelerator()
     set_seed(cfg.seed)
     feats = train_features(data, tokenizer, cfg.max_seq_length)
-    loader = DataLoader(feats, batch_size=cfg.batch_size, shuffle=True, collate_fn=Collator(tokenizer))
+    loader = DataLoader(
+        feats, batch_size=cfg.batch_size, shuffle=True, collate_fn=collator_for(tokenizer, model)
+    )
     steps_per_epoch = math.ceil(len(loader) / acc.num_processes)
     total = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "_ln.weight")
@@ -195,7 +197,7 @@ def predict(
     """Run the model over `features`; returns the logits arrays (gathered across processes)."""
     acc = accelerator or _accelerator()
     loader = acc.prepare_data_loader(
-        DataLoader(features, batch_size=batch_size, collate_fn=Collator(tokenizer))
+        DataLoader(features, batch_size=batch_size, collate_fn=collator_for(tokenizer, model))
     )
     was_training = model.training
     model.eval()
@@ -237,7 +239,7 @@ def evaluate(
     if kind == "qa":
         from .tasks.squad import decode_answers, prepare_eval_features, squad_metrics
 
-        feats, meta = prepare_eval_features(examples, tokenizer, max_length=max(max_seq_length, 128))
+        feats, meta = prepare_eval_features(examples, tokenizer, max_length=max_seq_length)
         logits = predict(model, feats, tokenizer, kind, batch_size, accelerator, quiet)
         answers = decode_answers(examples, meta, logits["start_logits"], logits["end_logits"])
         return squad_metrics(answers, examples)

@@ -143,7 +143,37 @@ def allocate(options: list[list[Option]], budget: float) -> list[int]:
         ratio = np.where(ok, dV / np.where(ok, dC, 1), -np.inf)
         i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
         pick[i] = j
+    for _ in range(200):  # exchanges: downgrade one matrix to pay for a better upgrade of another
+        if not _exchange(V, C, pick, budget):
+            break
     return pick.tolist()
+
+
+def _exchange(V: np.ndarray, C: np.ndarray, pick: np.ndarray, budget: float) -> bool:
+    rows = np.arange(len(pick))
+    left = budget - C[rows, pick].sum()
+    dC, dV = C - C[rows, pick][:, None], V - V[rows, pick][:, None]
+    up = np.argwhere((dC > 0) & np.isfinite(dV) & (dV > 0))
+    down = np.argwhere((dC < 0) & np.isfinite(dV))
+    if not len(up) or not len(down):
+        return False
+    need, gain = dC[up[:, 0], up[:, 1]], dV[up[:, 0], up[:, 1]]
+    order = np.argsort(need)
+    need, gain, up = need[order], gain[order], up[order]
+    run_max = np.maximum.accumulate(gain)  # best gain among upgrades needing at most need[k]
+    best_idx = np.maximum.accumulate(np.where(gain >= run_max, np.arange(len(gain)), 0))
+    freed, loss = -dC[down[:, 0], down[:, 1]], -dV[down[:, 0], down[:, 1]]
+    k = np.searchsorted(need, left + freed, side="right") - 1
+    valid = k >= 0
+    net = np.where(valid, run_max[np.maximum(k, 0)] - loss, -np.inf)
+    for d in np.argsort(-net)[:20]:
+        if net[d] <= 1e-12:
+            return False
+        u = up[best_idx[k[d]]]
+        if u[0] != down[d][0]:
+            pick[down[d][0]], pick[u[0]] = down[d][1], u[1]
+            return True
+    return False
 
 
 def blocks_to_mask(shape: tuple[int, int], blocks: Blocks) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DataCollatorWithPadding
 
@@ -24,16 +26,28 @@ def train_features(
     if data.spec.kind == "qa":
         from .squad import prepare_train_features
 
-        return prepare_train_features(examples, tokenizer, max_length=max(max_length, 128))
+        return prepare_train_features(examples, tokenizer, max_length=max_length)
     return encode_examples(examples, tokenizer, data.spec.kind, max_length)
 
 
+@dataclass
 class Collator(DataCollatorWithPadding):
-    """Dynamic padding that keeps float labels for regression and drops bookkeeping keys."""
+    """Dynamic padding that keeps float labels for regression; drops token types the model has no use for."""
+
+    drop_token_types: bool = False
 
     def __call__(self, features):
-        features = [{k: v for k, v in f.items() if not k.startswith("_")} for f in features]
+        drop = ("token_type_ids",) if self.drop_token_types else ()
+        features = [{k: v for k, v in f.items() if k not in drop} for f in features]
         batch = super().__call__(features)
         if "labels" in batch and batch["labels"].dtype == torch.float64:
             batch["labels"] = batch["labels"].float()
         return batch
+
+
+def collator_for(tokenizer, model) -> Collator:
+    """A collator for `model`: RoBERTa-style (one token type) and DistilBERT models get no token types."""
+    cfg = model.config
+    base = getattr(cfg, "base_config", None) or cfg.to_dict()
+    drop = base.get("model_type") == "distilbert" or base.get("type_vocab_size", 2) <= 1
+    return Collator(tokenizer, drop_token_types=drop)

@@ -72,11 +72,12 @@ def squad_from_hub(spec: TaskSpec, ds) -> TaskData:  # pragma: no cover - needs 
 
 
 def prepare_train_features(
-    examples: list[dict], tokenizer, max_length: int = 384, stride: int = 128
+    examples: list[dict], tokenizer, max_length: int = 384, stride: int | None = None
 ) -> list[dict]:
     """Tokenise question + context with a sliding window; label each window with the answer's token span
     (or the CLS position when the answer is not inside the window)."""
     pad_right = tokenizer.padding_side == "right"
+    stride = max_length // 3 if stride is None else stride  # SQuAD's standard 128 at 384 tokens
     enc = tokenizer(
         [ex["question"].lstrip() for ex in examples],
         [ex["context"] for ex in examples],
@@ -105,8 +106,9 @@ def prepare_train_features(
     return feats
 
 
-def prepare_eval_features(examples: list[dict], tokenizer, max_length: int = 384, stride: int = 128):
+def prepare_eval_features(examples: list[dict], tokenizer, max_length: int = 384, stride: int | None = None):
     """Windows for evaluation plus, per window, its example index and context-only offsets."""
+    stride = max_length // 3 if stride is None else stride
     enc = tokenizer(
         [ex["question"].lstrip() for ex in examples],
         [ex["context"] for ex in examples],

@@ -1,0 +1,133 @@
+"""Latency, FLOPs, parameters and environment of a model, measured the same way for dense and compact."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from .compact.modeling_pgbert import CompactLayer, CompactLinear
+
+
+def encoder_macs(model: nn.Module, seq_len: int) -> int:
+    """Encoder MACs for one sequence: linears (tokens x weights) + attention core (2 L^2 x head width)."""
+    compact = [m for m in model.modules() if isinstance(m, CompactLayer)]
+    if compact:
+        total = 0
+        for layer in compact:
+            lin = [m for m in layer.modules() if isinstance(m, CompactLinear)]
+            total += seq_len * sum(m.weight.numel() for m in lin)
+            if layer.attention is not None:
+                a = layer.attention
+                total += seq_len**2 * a.heads * (a.qk_width + a.v_width)
+        return total
+    from .adapters import MATRICES, adapter_for
+
+    adapter = adapter_for(model.config)
+    total = 0
+    for layer in adapter.layers(model):
+        parts = adapter.parts(layer)
+        total += seq_len * sum(parts.linear(k).weight.numel() for k in MATRICES)
+        total += seq_len**2 * 2 * parts.q.out_features
+    return total
+
+
+def environment(device: str, threads: int) -> dict:
+    env = {
+        "torch": torch.__version__,
+        "device": device,
+        "threads": threads,
+        "dtype": "float32",
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+@torch.no_grad()
+def latency(
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    device: str = "cpu",
+    warmup: int = 3,
+    repeats: int = 10,
+    vocab: int = 1000,
+) -> dict:
+    """Median wall time of a forward pass on random token ids (full attention mask)."""
+    model = model.to(device).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        model(input_ids=ids, attention_mask=mask)
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        sync()
+        times.append(time.perf_counter() - t)
+    out = {"median_ms": 1000 * statistics.median(times), "min_ms": 1000 * min(times), "repeats": repeats}
+    if device.startswith("cuda"):
+        out["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def compare(
+    model: nn.Module,
+    against: nn.Module | None,
+    batch_size: int,
+    seq_len: int,
+    threads: int | None = None,
+    device: str = "cpu",
+    repeats: int = 10,
+) -> dict:
+    """Latency of `model` (and of `against`, its dense reference), speedup and the FLOP-proportional limit.
+
+    The two are timed interleaved, round by round, so machine noise hits both alike."""
+    if threads:
+        torch.set_num_threads(threads)
+    vocab = _vocab(model)
+    res = {
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "environment": environment(device, torch.get_num_threads()),
+        "model": {"params": params(model), "encoder_macs": encoder_macs(model, seq_len)},
+    }
+    if against is None:
+        res["model"].update(latency(model, batch_size, seq_len, device, repeats=repeats, vocab=vocab))
+        return res
+    res["against"] = {"params": params(against), "encoder_macs": encoder_macs(against, seq_len)}
+    rounds = [
+        (
+            latency(model, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab),
+            latency(against, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab),
+        )
+        for _ in range(3)
+    ]
+    for key, idx in (("model", 0), ("against", 1)):
+        res[key]["median_ms"] = statistics.median(r[idx]["median_ms"] for r in rounds)
+    res["speedup"] = res["against"]["median_ms"] / res["model"]["median_ms"]
+    res["flops_limit_speedup"] = res["against"]["encoder_macs"] / max(res["model"]["encoder_macs"], 1)
+    return res
+
+
+def _vocab(model: nn.Module) -> int:
+    cfg = getattr(model.config, "base_config", None) or model.config.to_dict()
+    return int(cfg.get("vocab_size", 1000))

@@ -1,0 +1,215 @@
+"""Bad input: one line naming the problem, exit code 2, no run folder left behind."""
+
+import json
+
+import pytest
+from conftest import sentiment_rows, write_jsonl
+
+from pgbert.cli import main
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return exc.value.code, err
+
+
+@pytest.fixture
+def files(tmp_path):
+    tr = write_jsonl(tmp_path / "tr.jsonl", sentiment_rows(40))
+    return tr
+
+
+def assert_error(code, err, text, out=None):
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and text in err[0], err
+    if out is not None:
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.tmp")]
+
+
+def test_missing_model_path(tmp_path, files, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(
+        [
+            "finetune",
+            str(tmp_path / "nope"),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(files),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "does not exist", out)
+
+
+def test_non_bert_family_model(tmp_path, files, capsys):
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    out = tmp_path / "out"
+    code, err = run_cli(
+        [
+            "finetune",
+            str(tmp_path / "gpt"),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(files),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "supported: bert, distilbert, electra, roberta", out)
+
+
+def test_unknown_task(save_tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(
+        ["finetune", str(save_tiny()), "--task", "sst5", "--output", str(out), "--quiet"], capsys
+    )
+    assert_error(code, err, "unknown task 'sst5'", out)
+
+
+def test_missing_column(save_tiny, tmp_path, files, capsys):
+    out = tmp_path / "out"
+    code, err = run_cli(
+        [
+            "finetune",
+            str(save_tiny()),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(files),
+            "--text-column",
+            "review",
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "column 'review' missing", out)
+
+
+def test_empty_split(save_tiny, tmp_path, files, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "out"
+    code, err = run_cli(
+        [
+            "finetune",
+            str(save_tiny()),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(empty),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "empty", out)
+
+
+def test_dev_label_unseen_in_train(save_tiny, tmp_path, files, capsys):
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "x", "label": 7}])
+    out = tmp_path / "out"
+    code, err = run_cli(
+        [
+            "finetune",
+            str(save_tiny()),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(dev),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "label '7' in the dev split", out)
+
+
+def test_existing_output_needs_overwrite(save_tiny, tmp_path, files, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    code, err = run_cli(
+        [
+            "finetune",
+            str(save_tiny()),
+            "--task",
+            "classification",
+            "--train-file",
+            str(files),
+            "--dev-file",
+            str(files),
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capsys,
+    )
+    assert_error(code, err, "already exists")
+    assert (out / "mine.txt").read_text() == "keep"
+
+
+def test_finetune_then_evaluate_cli(save_tiny, tmp_path, files, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "finetune",
+                str(save_tiny()),
+                "--task",
+                "classification",
+                "--train-file",
+                str(files),
+                "--dev-file",
+                str(files),
+                "--output",
+                str(out),
+                "--max-steps",
+                "2",
+                "--quiet",
+            ]
+        )
+    assert exc.value.code == 0 and (out / "model.safetensors").exists()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--task",
+                "classification",
+                "--train-file",
+                str(files),
+                "--dev-file",
+                str(files),
+                "--json",
+                "--quiet",
+            ]
+        )
+    assert exc.value.code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0

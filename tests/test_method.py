@@ -1,0 +1,112 @@
+"""Grouping, allocation and compensation as functions on tensors."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pgbert.method.allocation import Option, allocate, blocks_to_mask, matrix_options
+from pgbert.method.compensation import LinearStats, solve_compensation, squared_error
+from pgbert.method.grouping import balanced_assign, best_submatrix, group, identity_grouping
+
+
+def planted(m=48, n=32, G=4, seed=0):
+    """A block-diagonal score matrix hidden behind random row/column permutations."""
+    g = torch.Generator().manual_seed(seed)
+    S = torch.rand(m, n, generator=g) * 0.01
+    for b in range(G):
+        S[b * m // G : (b + 1) * m // G, b * n // G : (b + 1) * n // G] += 1.0
+    return S[torch.randperm(m, generator=g)][:, torch.randperm(n, generator=g)]
+
+
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_grouping_recovers_planted_blocks(G):
+    S = planted(G=G)
+    g = group(S, G)
+    planted_score = 48 * 32 / G  # the hidden blocks hold ones
+    assert g.score >= 0.999 * planted_score
+    assert identity_grouping(S, G).score < 0.6 * planted_score
+    assert all(int((g.rows == b).sum()) == 48 // G and int((g.cols == b).sum()) == 32 // G for b in range(G))
+
+
+def test_grouping_never_below_identity_and_is_deterministic():
+    torch.manual_seed(1)
+    for G in (2, 3, 4, 6):
+        S = torch.rand(24, 36) ** 4
+        a, b = group(S, G), group(S, G)
+        assert a.score >= identity_grouping(S, G).score - 1e-9
+        assert torch.equal(a.rows, b.rows) and torch.equal(a.cols, b.cols)
+
+
+def test_balanced_assign_two_groups_is_exact():
+    torch.manual_seed(0)
+    A = torch.rand(8, 2)
+    labels = balanced_assign(A, torch.zeros(8, dtype=torch.long))
+    best = max(
+        sum(float(A[i, 0 if i in c else 1]) for i in range(8)) for c in itertools.combinations(range(8), 4)
+    )
+    assert float(A.gather(1, labels[:, None]).sum()) == pytest.approx(best)
+
+
+def test_best_submatrix_beats_any_grid_block():
+    S = planted(G=4)
+    rows, cols, score = best_submatrix(S, 12, 8)
+    assert score == pytest.approx(float(S[rows][:, cols].sum()), rel=1e-5)
+    assert score >= 0.99 * 96  # one planted block of 12 x 8 ones
+
+
+def test_options_score_at_least_identity():
+    torch.manual_seed(2)
+    S = torch.rand(64, 32) ** 3
+    for o in matrix_options(S):
+        assert o.value >= o.identity_value - 1e-6, o.kind
+        mask = blocks_to_mask(tuple(S.shape), o.blocks())
+        assert int(mask.sum()) == o.cost
+        assert float((S * mask).sum()) == pytest.approx(o.value, rel=1e-4)
+
+
+def brute_force(options, budget):
+    best = -1.0
+    for pick in itertools.product(*[range(len(o)) for o in options]):
+        cost = sum(o[i].cost for o, i in zip(options, pick))
+        if cost <= budget:
+            best = max(best, sum(o[i].value for o, i in zip(options, pick)))
+    return best
+
+
+def test_allocation_close_to_optimum_and_within_budget():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        options = []
+        for _ in range(4):
+            costs = sorted(rng.choice(np.arange(1, 40), 4, replace=False))
+            vals = np.cumsum(rng.random(4))
+            options.append(
+                [Option("empty", 0, 0.0, 0.0, 1, 0, list)]
+                + [Option("x", int(c), float(v), 0.0, 1, 1, list) for c, v in zip(costs, vals)]
+            )
+        budget = 60
+        pick = allocate(options, budget)
+        cost = sum(o[i].cost for o, i in zip(options, pick))
+        value = sum(o[i].value for o, i in zip(options, pick))
+        assert cost <= budget
+        assert value >= 0.85 * brute_force(options, budget)
+
+
+def test_compensation_recovers_exact_masked_target():
+    torch.manual_seed(0)
+    X = torch.randn(500, 16)
+    W_true = torch.randn(8, 16)
+    mask = torch.zeros(8, 16)
+    mask[:4, :8] = 1
+    mask[4:6, 8:] = 1  # rows 6, 7 keep nothing
+    Y = X @ (W_true * mask).T + 0.5
+    st = LinearStats(16, 8)
+    st.add(X, Y)
+    W0 = torch.randn(8, 16)  # a bad starting point
+    W, b = solve_compensation(W0, torch.zeros(8), mask, st, damp=1e-6)
+    assert torch.allclose(W[:6], (W_true * mask)[:6], atol=1e-3)
+    assert bool((W[mask == 0] == 0).all())
+    assert torch.allclose(b, torch.full((8,), 0.5), atol=1e-3)  # rows 6, 7: bias = mean target
+    assert squared_error(W, b, st) < 1e-4 * squared_error(W0 * mask, torch.zeros(8), st)

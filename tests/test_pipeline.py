@@ -1,0 +1,130 @@
+"""PGB end to end on tiny random models of every family and task type."""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, sentiment_rows, squad_json, tiny_model
+
+from pgbert import api
+from pgbert.errors import PgbertError
+from pgbert.pipeline import PruneConfig, prune_model
+from pgbert.tasks import DataOptions, TaskData, get_task, load_task
+from pgbert.tasks.features import collator_for, encode_examples
+from pgbert.training import apply_masks
+
+
+def sentiment(n=200):
+    ex = [{"text": r["text"], "text_pair": None, "label": r["label"]} for r in sentiment_rows(n)]
+    return TaskData(get_task("sst2"), ex[:150], {"dev": ex[150:]}, ["negative", "positive"], "synthetic")
+
+
+def fast(sparsity, **kw):
+    base = dict(
+        sparsity=sparsity,
+        calib_samples=96,
+        compensation_samples=64,
+        check_samples=32,
+        finetune_epochs=0,
+        quiet=True,
+        batch_size=16,
+    )
+    base.update(kw)
+    return PruneConfig(**base)
+
+
+def batch_for(model, tokenizer, data):
+    feats = encode_examples(data.dev["dev"][:8], tokenizer, data.spec.kind)
+    return collator_for(tokenizer, model)([{k: v for k, v in f.items() if k != "labels"} for f in feats])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("sparsity", [0.5, 0.75, 0.88])
+def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
+    data = sentiment()
+    dense = tiny_model(family, tokenizer)
+    pruned, masks, rep = prune_model(dense, tokenizer, data, fast(sparsity, compensate=False))
+    assert abs(rep["sparsity_achieved"] - sparsity) <= 0.005
+    assert rep["pruned_weights_exactly_zero"]
+    # outputs equal "dense weights times masks"
+    ref = copy.deepcopy(dense)
+    apply_masks(ref, masks)
+    batch = batch_for(dense, tokenizer, data)
+    with torch.no_grad():
+        assert torch.equal(ref(**batch).logits, pruned(**batch).logits)
+    for m in rep["matrices"]:
+        assert m["score_kept_fraction"] >= m["score_kept_fraction_identity"] - 1e-9
+    gain = rep["permutation_gain"]
+    assert gain["mean_score_kept_fraction"] > gain["mean_score_kept_fraction_identity"]
+    assert 0 < rep["flops_ratio"] < 1
+    assert {"importance", "grouping_allocation", "compensation", "finetune"} <= set(rep["timings_s"])
+
+
+def test_compensation_lowers_reconstruction_error(tokenizer):
+    data = sentiment(400)
+    dense = tiny_model("bert", tokenizer, layers=3)
+    _, _, rep = prune_model(
+        dense, tokenizer, data, fast(0.75, calib_samples=256, compensation_samples=192, check_samples=64)
+    )
+    comp = {k: v for k, v in rep["compensation"].items() if not k.startswith("_")}
+    assert len(comp) == 18
+    assert all(v["error_after"] <= v["error_before"] for v in comp.values())
+    improved = [v for v in comp.values() if v["compensated"]]
+    assert improved and all(v["error_after"] < v["error_before"] for v in improved)
+
+
+def test_identity_grouping_ablation_and_magnitude(tokenizer):
+    data = sentiment()
+    dense = tiny_model("bert", tokenizer)
+    _, _, perm = prune_model(dense, tokenizer, data, fast(0.75, importance="magnitude", compensate=False))
+    _, _, ident = prune_model(
+        dense, tokenizer, data, fast(0.75, importance="magnitude", compensate=False, permute=False)
+    )
+    assert ident["method"] == "pgb-identity"
+    assert (
+        perm["permutation_gain"]["mean_score_kept_fraction"]
+        > ident["permutation_gain"]["mean_score_kept_fraction"]
+    )
+
+
+def test_regression_and_qa_tasks(tokenizer, tmp_path):
+    rows = sentiment_rows(150)
+    reg = TaskData(
+        get_task("stsb"),
+        [{"text": r["text"], "text_pair": "x", "label": 4.0 * r["label"]} for r in rows],
+        {"dev": [{"text": r["text"], "text_pair": "x", "label": 4.0 * r["label"]} for r in rows[:30]]},
+        None,
+        "s",
+    )
+    m = tiny_model("roberta", tokenizer, num_labels=1)
+    m.config.problem_type = "regression"
+    _, _, rep = prune_model(m, tokenizer, reg, fast(0.5, finetune_epochs=0.2))
+    assert "pearson" in rep["metrics"]["finetuned"]
+    (tmp_path / "tr.json").write_text(json.dumps(squad_json(80)))
+    data = load_task(
+        "squad", DataOptions(train_file=str(tmp_path / "tr.json"), dev_file=str(tmp_path / "tr.json"))
+    )
+    _, _, rep = prune_model(
+        tiny_model("distilbert", tokenizer, qa=True), tokenizer, data, fast(0.5, calib_samples=64)
+    )
+    assert abs(rep["sparsity_achieved"] - 0.5) <= 0.005 and "f1" in rep["metrics"]["pruned"]
+
+
+def test_bad_input(tokenizer, save_tiny, tmp_path):
+    data = sentiment()
+    with pytest.raises(PgbertError, match="sparsity must be in"):
+        prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(1.0))
+    small = TaskData(data.spec, data.train[:10], data.dev, data.label_names, "tiny")
+    with pytest.raises(PgbertError, match="only 10 examples"):
+        prune_model(tiny_model("bert", tokenizer), tokenizer, small, fast(0.5))
+    path = save_tiny("bert", num_labels=3)
+    out = tmp_path / "out"
+    with pytest.raises(PgbertError, match="not fine-tuned for this task"):
+        api.prune(path, "sst2", 0.5, out, data, fast(0.5))
+    assert not out.exists()
+    broken = tiny_model("bert", tokenizer)
+    with torch.no_grad():
+        broken.bert.encoder.layer[0].intermediate.dense.weight[0, 0] = float("nan")
+    with pytest.raises(PgbertError, match="NaN"):
+        prune_model(broken, tokenizer, data, fast(0.5))

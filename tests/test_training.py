@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+from conftest import FAMILIES, sentiment_rows, squad_json, tiny_model
+
+from pgbert import api
+from pgbert.tasks import DataOptions, TaskData, get_task, load_task
+from pgbert.training import TrainConfig, apply_masks, evaluate, finetune
+
+
+def sentiment_data(n=160, seed=0):
+    rows = sentiment_rows(n, seed)
+    ex = [{"text": r["text"], "text_pair": None, "label": r["label"]} for r in rows]
+    return TaskData(
+        get_task("sst2"), ex[: n * 3 // 4], {"dev": ex[n * 3 // 4 :]}, ["negative", "positive"], "synthetic"
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_finetune_learns_single_sentence_task(tokenizer, family):
+    data = sentiment_data()
+    model = tiny_model(family, tokenizer)
+    before = evaluate(model, tokenizer, data)["accuracy"]
+    model, hist = finetune(model, tokenizer, data, TrainConfig(epochs=6, lr=1e-3, batch_size=16, quiet=True))
+    after = evaluate(model, tokenizer, data)
+    assert after["accuracy"] >= 0.9 > before or after["accuracy"] == 1.0
+    assert hist["steps"] == 6 * 8 and len(hist["evals"]) == 6
+
+
+def test_pair_and_regression_tasks(tokenizer):
+    rows = sentiment_rows(80)
+    pair = TaskData(
+        get_task("rte"),
+        [{"text": r["text"], "text_pair": "is it good", "label": r["label"]} for r in rows],
+        {"dev": [{"text": "good", "text_pair": "x", "label": 1}] * 4},
+        ["entailment", "not_entailment"],
+        "s",
+    )
+    m, _ = finetune(tiny_model("bert", tokenizer), tokenizer, pair, TrainConfig(max_steps=3, quiet=True))
+    assert set(evaluate(m, tokenizer, pair)) == {"accuracy", "loss"}
+    reg = TaskData(
+        get_task("stsb"),
+        [{"text": r["text"], "text_pair": "a", "label": 2.5 * r["label"]} for r in rows],
+        {"dev": [{"text": r["text"], "text_pair": "a", "label": 2.5 * r["label"]} for r in rows[:20]]},
+        None,
+        "s",
+    )
+    m = tiny_model("roberta", tokenizer, num_labels=1)
+    m.config.problem_type = "regression"
+    m, _ = finetune(m, tokenizer, reg, TrainConfig(epochs=15, lr=1e-3, batch_size=16, quiet=True))
+    assert evaluate(m, tokenizer, reg)["pearson"] > 0.8
+
+
+def test_qa_finetune_and_evaluate(tokenizer, tmp_path):
+    (tmp_path / "tr.json").write_text(json.dumps(squad_json(64)))
+    (tmp_path / "dv.json").write_text(json.dumps(squad_json(16, seed=3)))
+    data = load_task(
+        "squad", DataOptions(train_file=str(tmp_path / "tr.json"), dev_file=str(tmp_path / "dv.json"))
+    )
+    m = tiny_model("distilbert", tokenizer, qa=True)
+    m, _ = finetune(m, tokenizer, data, TrainConfig(epochs=15, lr=2e-3, batch_size=16, quiet=True))
+    metrics = evaluate(m, tokenizer, data)
+    assert metrics["exact_match"] >= 75.0  # the answer is always the city after 'lived in'
+
+
+def test_masks_stay_fixed_during_training(tokenizer):
+    data = sentiment_data(64)
+    m = tiny_model("bert", tokenizer)
+    name = "bert.encoder.layer.0.intermediate.dense.weight"
+    mask = (torch.rand_like(m.get_parameter(name)) > 0.5).float()
+    m, _ = finetune(m, tokenizer, data, TrainConfig(max_steps=4, lr=1e-2, quiet=True), masks={name: mask})
+    w = m.get_parameter(name)
+    assert bool((w[mask == 0] == 0).all()) and bool((w[mask == 1] != 0).all())
+    apply_masks(m, {name: torch.zeros_like(mask)})
+    assert float(m.get_parameter(name).abs().sum()) == 0.0
+
+
+def test_kd_runs_and_api_writes_run_folder(tokenizer, save_tiny, tmp_path):
+    path = save_tiny("bert")
+    tr = tmp_path / "tr.jsonl"
+    tr.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(48)))
+    out = tmp_path / "run"
+    opts = DataOptions(train_file=str(tr), dev_file=str(tr))
+    _, result = api.finetune(path, "classification", out, opts, TrainConfig(max_steps=2, quiet=True))
+    assert {
+        "config.json",
+        "model.safetensors",
+        "metrics.json",
+        "run_config.json",
+        "versions.json",
+        "log.txt",
+    } <= {p.name for p in out.iterdir()}
+    assert (
+        json.loads((out / "metrics.json").read_text())["metrics"]["dev"]["accuracy"]
+        == result["metrics"]["dev"]["accuracy"]
+    )
+    teacher = tiny_model("bert", tokenizer)
+    data = load_task("classification", opts)
+    _, hist = finetune(
+        tiny_model("bert", tokenizer, seed=1),
+        tokenizer,
+        data,
+        TrainConfig(max_steps=2, kd_alpha=0.5, quiet=True),
+        teacher=teacher,
+    )
+    assert hist["steps"] == 2
