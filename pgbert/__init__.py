@@ -2,6 +2,17 @@
 
 __version__ = "0.1.0"
 
-from .api import evaluate, finetune  # noqa: E402
+from .api import bench, compact, compare, demo, evaluate, export, finetune, load, prune  # noqa: E402
 
-__all__ = ["evaluate", "finetune", "__version__"]
+__all__ = [
+    "bench",
+    "compact",
+    "compare",
+    "demo",
+    "evaluate",
+    "export",
+    "finetune",
+    "load",
+    "prune",
+    "__version__",
+]

@@ -245,3 +245,74 @@ def bench(
     return compare(
         get(model), get(against) if against else None, batch_size, seq_len, threads, device, repeats
     )
+
+
+def compare(
+    model: str | Path,
+    task: str,
+    output: str | Path,
+    data: DataOptions | TaskData | None = None,
+    cfg=None,
+    overwrite: bool = False,
+) -> list[dict]:
+    """Run every method at every budget (and seed); write results.json, results.md and results.png."""
+    from . import compare as cmp
+
+    cfg = cfg or cmp.CompareConfig()
+    cfg.validate()  # before any work
+    check_output_dir(output, overwrite)
+    task_data = data if isinstance(data, TaskData) else load_task(task, data)
+    tokenizer = models.load_tokenizer(model)
+    dense = models.load_for_task(model, task_data, require_finetuned=True).eval()
+    t0 = time.perf_counter()
+    rows = cmp.run(dense, tokenizer, task_data, cfg, log=(lambda *a: None) if cfg.quiet else print)
+    summary = cmp.summarise(rows)
+    main = task_data.spec.main_metric
+    dense_score = rows[0]["dense"] if rows else float("nan")
+    with atomic_run_dir(output, overwrite) as tmp:
+        write_json(
+            tmp / "results.json",
+            {
+                "model": str(model),
+                "task": task_data.spec.name,
+                "config": vars(cfg),
+                "dense": dense_score,
+                "rows": rows,
+                "summary": summary,
+                "seconds": time.perf_counter() - t0,
+            },
+        )
+        (tmp / "results.md").write_text(cmp.markdown(summary, dense_score, main))
+        cmp.plot(summary, tmp / "results.png", main)
+    return rows
+
+
+def demo(
+    output: str | Path = "runs/demo", overwrite: bool = False, seeds: int = 1, quiet: bool = False
+) -> Path:
+    """The README's main job: fine-tune the bundled MiniLM on the bundled sentiment task (cached), then
+    compare PGB with the baselines at sparsity 0.5 and 0.88."""
+    from .compare import CompareConfig
+
+    cache = Path.home() / ".cache" / "pgbert" / "minilm-rt-sentiment"
+    check_output_dir(output, overwrite)
+    if not (cache / "model.safetensors").is_file():
+        print(f"fine-tuning the bundled MiniLM on rt-sentiment (cached in {cache}) ...")
+        finetune(
+            "minilm",
+            "rt-sentiment",
+            cache,
+            None,
+            TrainConfig(epochs=1, lr=1e-4, eval_steps=100, quiet=quiet),
+            overwrite=True,
+        )
+    cfg = CompareConfig(
+        sparsities=(0.5, 0.88),
+        seeds=seeds,
+        quiet=quiet,
+        methods=("pgb", "pgb-identity", "kwon", "structured-fisher", "unstructured-magnitude"),
+    )
+    compare(cache, "rt-sentiment", output, None, cfg, overwrite)
+    print((Path(output) / "results.md").read_text())
+    print(f"plot: {Path(output) / 'results.png'}")
+    return Path(output)

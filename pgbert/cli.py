@@ -122,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("compare", help="PGB against the baselines at several budgets and seeds")
+    p.add_argument("model")
+    _data_args(p)
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
+    p.add_argument("--methods", nargs="+", help="default: all")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--calib-samples", type=int, default=1024)
+    p.add_argument("--finetune-epochs", type=float, default=0.25)
+    p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("demo", help="fine-tune the bundled MiniLM and compare methods at 0.5 and 0.88")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--overwrite", action="store_true")
+
     for p in sub.choices.values():
         p.add_argument("--quiet", action="store_true", help="no progress bars or library warnings")
     return parser
@@ -188,6 +204,22 @@ def run(argv: list[str] | None = None) -> int:
                 print(
                     f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {res['flops_limit_speedup']:.2f}x)"
                 )
+    elif a.command == "compare":
+        from .compare import METHODS, CompareConfig
+
+        cfg = CompareConfig(
+            sparsities=tuple(a.sparsity),
+            methods=tuple(a.methods or METHODS),
+            seeds=a.seeds,
+            calib_samples=a.calib_samples,
+            finetune_epochs=a.finetune_epochs,
+            max_seq_length=a.max_seq_length,
+            quiet=a.quiet,
+        )
+        api.compare(a.model, a.task, a.output, _data_options(a), cfg, a.overwrite)
+        print((__import__("pathlib").Path(a.output) / "results.md").read_text())
+    elif a.command == "demo":
+        api.demo(a.output, a.overwrite, a.seeds, a.quiet)
     elif a.command == "evaluate":
         metrics = api.evaluate(a.model, a.task, _data_options(a), a.max_seq_length)
         _print_metrics(metrics, a.json)

@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -113,7 +112,9 @@ def choose_options(
     budget = (1.0 - cfg.sparsity) * total
     options = {}
     for n in tqdm(flat, desc="grouping", disable=quiet, leave=False):
-        opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute)
+        opts = matrix_options(
+            scores[n], cfg.group_counts, permute=cfg.permute, submatrix=not cfg.extra.get("no_submatrix")
+        )
         if cfg.fixed_groups:
             G = cfg.fixed_groups
             k = max(1, round((1 - cfg.sparsity) * G))
@@ -143,6 +144,13 @@ def choose_options(
     return chosen
 
 
+def masks_from_scores(scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig):
+    """Stages 2-4: grouping, allocation and the masks in original coordinates."""
+    chosen = choose_options(scores, names, cfg, quiet=cfg.quiet)
+    masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for layer in names for n in layer}
+    return chosen, masks
+
+
 def prune_model(
     dense: nn.Module, tokenizer, data: TaskData, cfg: PruneConfig
 ) -> tuple[nn.Module, dict, dict]:
@@ -164,15 +172,11 @@ def prune_model(
         scores = magnitude_scores(dense, flat)
     timings["importance"] = time.perf_counter() - t
 
-    t = time.perf_counter()  # 2-3. grouping by permutation and budget allocation
-    chosen = choose_options(scores, names, cfg, quiet=cfg.quiet)
-    timings["grouping_allocation"] = time.perf_counter() - t
-
-    t = time.perf_counter()  # 4. re-permutation: masks in original coordinates
-    masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for n in flat}
+    t = time.perf_counter()  # 2-4. grouping by permutation, budget allocation, masks (re-permutation)
+    chosen, masks = masks_from_scores(scores, names, cfg)
     pruned = copy.deepcopy(dense)
     apply_masks(pruned, masks)
-    timings["masks"] = time.perf_counter() - t
+    timings["grouping_allocation"] = time.perf_counter() - t
     metrics["masked"] = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
 
     comp_report: dict = {}
@@ -274,13 +278,3 @@ def build_report(dense, pruned, names, scores, chosen, masks, cfg: PruneConfig) 
         "layers": structs,
         "dropped_sublayers": dropped,
     }
-
-
-def masked_equals_dense_times_masks(dense: nn.Module, pruned: nn.Module, masks: dict, batch: dict) -> float:
-    """Max |logit difference| between the pruned model and a dense copy whose weights are multiplied by
-    the masks (without compensation or re-finetuning they must agree exactly)."""
-    ref = copy.deepcopy(dense)
-    apply_masks(ref, masks)
-    with torch.no_grad():
-        a, b = ref(**batch).logits, pruned(**batch).logits
-    return float(F.l1_loss(a, b, reduction="none").max())

@@ -44,8 +44,10 @@ def matrix_options(
     fractions: tuple[float, ...] = FRACTIONS,
     permute: bool = True,
     align: int = 16,
+    submatrix: bool = True,
 ) -> list[Option]:
-    """All options for one score matrix. permute=False gives the no-permutation ablation."""
+    """All options for one score matrix. permute=False gives the no-permutation ablation; submatrix=False
+    offers only G-groupings (k = 1..G blocks), the method without direct sub-matrix search."""
     m, n = S.shape
     total = float(S.double().sum())
     full = (torch.arange(m), torch.arange(n))
@@ -59,7 +61,7 @@ def matrix_options(
         g = group(S, G) if permute else identity_grouping(S.float(), G)
         ident = torch.sort(identity_grouping(S.float(), G).block_scores, descending=True).values
         order = torch.argsort(g.block_scores, descending=True)
-        for k in range(2, G + 1):
+        for k in range(2 if submatrix else 1, G + 1):
             kept = order[:k].tolist()
             opts.append(
                 Option(
@@ -73,6 +75,8 @@ def matrix_options(
                     (m // G, n // G),
                 )
             )
+    if not submatrix:
+        return opts
     sizes_r = sorted({_round(f * m, align, m) for f in fractions})
     sizes_c = sorted({_round(f * n, align, n) for f in fractions})
     for r in sizes_r:

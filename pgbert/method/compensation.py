@@ -81,7 +81,7 @@ class _Stop(Exception):
     pass
 
 
-def _layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Tensor, object, torch.Tensor]]:
+def layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Tensor, object, torch.Tensor]]:
     """(hidden states entering layer 0, the attention-mask argument, token mask) per batch."""
     layer0 = adapter_for(model.config).layers(model)[0]
     out = []
@@ -103,7 +103,7 @@ def _layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Ten
     return [(x, m, batch["attention_mask"].bool()) for (x, m), batch in zip(out, batches)]
 
 
-def _run_layer(layer, inputs, capture: dict[str, nn.Module], what: str):
+def run_layer(layer, inputs, capture: dict[str, nn.Module], what: str):
     """Run one layer over all batches; return next hidden states and captured linear inputs or outputs
     (valid tokens only)."""
     got = {k: [] for k in capture}
@@ -144,16 +144,16 @@ def compensate(
     adapter = adapter_for(dense.config)
     d_layers, p_layers = adapter.layers(dense), adapter.layers(pruned)
     prefix = {id(m): n for n, m in pruned.named_modules()}
-    fit_d = fit_p = _layer_inputs(dense, fit)
-    chk_d = chk_p = _layer_inputs(dense, check)
+    fit_d = fit_p = layer_inputs(dense, fit)
+    chk_d = chk_p = layer_inputs(dense, check)
     report: dict[str, dict] = {}
     base_loss = loss_fn(pruned, check)
     stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
     for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
         dparts, pparts = adapter.parts(d_layers[li]), adapter.parts(p_layers[li])
         dmods = {k: dparts.linear(k) for k in MATRICES}
-        fit_d_next, fit_targets = _run_layer(d_layers[li], fit_d, dmods, "output")
-        chk_d_next, chk_targets = _run_layer(d_layers[li], chk_d, dmods, "output")
+        fit_d_next, fit_targets = run_layer(d_layers[li], fit_d, dmods, "output")
+        chk_d_next, chk_targets = run_layer(d_layers[li], chk_d, dmods, "output")
         saved = {
             k: (pparts.linear(k).weight.detach().clone(), pparts.linear(k).bias.detach().clone())
             for k in MATRICES
@@ -161,8 +161,8 @@ def compensate(
         layer_report = {}
         for stage in stages:
             pmods = {k: pparts.linear(k) for k in stage}
-            _, fit_x = _run_layer(p_layers[li], fit_p, pmods, "input")
-            _, chk_x = _run_layer(p_layers[li], chk_p, pmods, "input")
+            _, fit_x = run_layer(p_layers[li], fit_p, pmods, "input")
+            _, chk_x = run_layer(p_layers[li], chk_p, pmods, "input")
             for k in stage:
                 lin = pmods[k]
                 name = prefix[id(lin)] + ".weight"
@@ -199,7 +199,7 @@ def compensate(
             r["layer_kept"] = keep
         report.update(layer_report)
         fit_d, chk_d = fit_d_next, chk_d_next
-        fit_p, _ = _run_layer(p_layers[li], fit_p, {}, "input")
-        chk_p, _ = _run_layer(p_layers[li], chk_p, {}, "input")
+        fit_p, _ = run_layer(p_layers[li], fit_p, {}, "input")
+        chk_p, _ = run_layer(p_layers[li], chk_p, {}, "input")
     report["_check_loss"] = {"final": base_loss}
     return report

@@ -1,0 +1,120 @@
+"""Baselines and the side-by-side comparison on tiny models."""
+
+import json
+
+import pytest
+import torch
+from conftest import sentiment_rows, tiny_model
+
+from pgbert import api
+from pgbert.baselines import kwon
+from pgbert.baselines.structured import structured_fisher_keep, unit_costs, unit_masks_to_weight_masks
+from pgbert.compare import METHODS, CompareConfig, _scores_and_units
+from pgbert.errors import PgbertError
+from pgbert.pipeline import PruneConfig, batches_of, prunable_names
+from pgbert.tasks import TaskData, get_task
+from pgbert.training import apply_masks
+
+
+def data():
+    ex = [{"text": r["text"], "text_pair": None, "label": r["label"]} for r in sentiment_rows(200)]
+    return TaskData(get_task("sst2"), ex[:150], {"dev": ex[150:]}, ["negative", "positive"], "synthetic")
+
+
+def test_unit_fisher_matches_mask_gradient(tokenizer):
+    """dL/dm for a neuron mask equals sum(W * dL/dW) over the FFN-out column it scales."""
+    model = tiny_model("bert", tokenizer)
+    d = data()
+    batch = batches_of(d, d.train[:16], tokenizer, model, PruneConfig(sparsity=0.5))[0]
+    names = prunable_names(model)
+    _, units = _scores_and_units(model, [batch], names)
+    lin = model.bert.encoder.layer[0].output.dense
+    m = torch.ones(lin.in_features, requires_grad=True)
+    h = lin.register_forward_pre_hook(lambda mod, a: (a[0] * m,))
+    model(**batch).loss.backward()
+    h.remove()
+    assert torch.allclose(units[0]["neuron"], m.grad.square(), rtol=1e-4, atol=1e-10)
+
+
+def test_structured_and_kwon_budgets(tokenizer):
+    model = tiny_model("bert", tokenizer)
+    d = data()
+    names = prunable_names(model)
+    batches = batches_of(d, d.train[:64], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=16))
+    _, units = _scores_and_units(model, batches, names)
+    total = sum(model.get_parameter(n).numel() for layer in names for n in layer)
+    hc, nc = unit_costs(model)
+    for select in (structured_fisher_keep, kwon.search):
+        keep = select(units, model, 0.5 * total)
+        cost = sum(int(k["head"].sum()) * hc + int(k["neuron"].sum()) * nc for k in keep)
+        assert 0.5 * total - max(hc, nc) <= cost <= 0.5 * total
+        masks = unit_masks_to_weight_masks(model, names, keep)
+        assert sum(float(m.sum()) for m in masks.values()) == cost
+
+
+def test_kwon_rescaling_reduces_layer_error(tokenizer):
+    dense = tiny_model("bert", tokenizer, layers=1)
+    d = data()
+    names = prunable_names(dense)
+    batches = batches_of(d, d.train[:96], tokenizer, dense, PruneConfig(sparsity=0.5, batch_size=32))
+    _, units = _scores_and_units(dense, batches, names)
+    keep = kwon.search(units, dense, 0.4 * sum(dense.get_parameter(n).numel() for n in names[0]))
+    import copy
+
+    pruned = copy.deepcopy(dense)
+    apply_masks(pruned, unit_masks_to_weight_masks(dense, names, keep))
+
+    def err(model):
+        with torch.no_grad():
+            return sum(
+                float(
+                    (
+                        model.bert(**{k: v for k, v in b.items() if k != "labels"}).last_hidden_state
+                        - dense.bert(**{k: v for k, v in b.items() if k != "labels"}).last_hidden_state
+                    )
+                    .square()
+                    .sum()
+                )
+                for b in batches
+            )
+
+    before = err(pruned)
+    kwon.rescale(dense, pruned, keep, batches)
+    assert err(pruned) < before
+
+
+def test_compare_writes_results(save_tiny, tmp_path, tokenizer):
+    tr = tmp_path / "tr.jsonl"
+    tr.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(160)))
+    from pgbert.tasks import DataOptions
+
+    opts = DataOptions(train_file=str(tr), dev_file=str(tr), max_dev_samples=40)
+    cfg = CompareConfig(
+        sparsities=(0.5,),
+        seeds=2,
+        calib_samples=64,
+        compensation_samples=32,
+        finetune_epochs=0.1,
+        batch_size=16,
+        bench_batch=2,
+        bench_seq=16,
+        quiet=True,
+    )
+    out = tmp_path / "cmp"
+    rows = api.compare(save_tiny("bert"), "classification", out, opts, cfg)
+    assert {r["method"] for r in rows} == set(METHODS) and len(rows) == 2 * len(METHODS)
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["summary"]) == len(METHODS) and (out / "results.png").stat().st_size > 0
+    assert "| pgb | 0.50 |" in (out / "results.md").read_text()
+    for r in rows:
+        assert abs(r["sparsity_achieved"] - 0.5) < 0.06
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"sparsities": (0.5, 1.5)}, "in \\(0, 1\\)"), ({"methods": ("pgb", "cofi")}, "unknown method")],
+)
+def test_compare_bad_input_fails_before_work(save_tiny, tmp_path, kw, match):
+    with pytest.raises(PgbertError, match=match):
+        api.compare(tmp_path / "does-not-matter", "sst2", tmp_path / "out", None, CompareConfig(**kw))
+    assert not (tmp_path / "out").exists()
