@@ -18,6 +18,8 @@ from transformers.activations import ACT2FN
 from ..adapters import MATRICES, adapter_for
 from .modeling_pgbert import CompactLayer
 
+DENSE_ROWS = 0.75  # O / FFN-out: compute zero rows rather than scatter when >= 75% of rows are kept
+
 
 def build_linear(
     W: torch.Tensor,
@@ -26,11 +28,14 @@ def build_linear(
     target: torch.Tensor | None,
     rows: torch.Tensor | None = None,
     in_map: torch.Tensor | None = None,
+    dense_rows: float = 0.0,
 ):
     """Plan and tensors of one CompactLinear.
 
     target: output order as original row indices (-1 = zero padding); None = free order over `rows`.
     in_map: original input column -> position in the actual input (default identity).
+    dense_rows: for a single block, compute all target rows directly (no output map) when at least this
+    fraction of them has kept weights (0: always, as for Q/K/V; above 1: never).
     Returns (plan, tensors, output row order).
     """
     n_out_rows, n_in = W.shape
@@ -54,6 +59,28 @@ def build_linear(
         order = cand[:0]
         cols = torch.zeros(1, dtype=torch.long)
         weight = torch.zeros(1, 1, 1)
+    if target is not None and weight.shape[0] == 1 and order.numel() >= dense_rows * int((target >= 0).sum()):
+        # Cheaper than an output map: compute every target row (zero weights where a row has no block,
+        # its bias as the constant; padding rows are zero).
+        tgt = target.clamp(min=0)
+        Mrow = M[tgt][:, cols] * (target >= 0)[:, None]
+        weight = (W[tgt][:, cols] * Mrow)[None]
+        bias = torch.where(target >= 0, b[tgt], torch.zeros(()))
+        order = target
+        in_index = in_map[cols] if in_map is not None else cols
+        gather_in = not (in_index.numel() == n_in and bool((in_index == torch.arange(n_in)).all()))
+        plan = {
+            "blocks": 1,
+            "rows": weight.shape[1],
+            "cols": weight.shape[2],
+            "n_out": int(target.numel()),
+            "gather_in": gather_in,
+            "map_out": False,
+        }
+        tensors = {"weight": weight.contiguous(), "bias": bias.contiguous()}
+        if gather_in:
+            tensors["in_index"] = in_index
+        return plan, tensors, order
     bias = b[order] if order.numel() else torch.zeros(1)
     in_index = in_map[cols] if in_map is not None else cols
     assert bool((in_index >= 0).all()), "a kept column reads an input that is not computed"
@@ -127,7 +154,9 @@ def compact_attention(t: dict, heads: int):
     in_map = torch.full((Wo.shape[1],), -1, dtype=torch.long)
     in_map[v_layout[v_layout >= 0]] = torch.nonzero(v_layout >= 0)[:, 0]
     Mo[:, ~live] = 0
-    plan["o"], tens, _ = build_linear(Wo, bo, Mo, torch.arange(Wo.shape[0]), in_map=in_map)
+    plan["o"], tens, _ = build_linear(
+        Wo, bo, Mo, torch.arange(Wo.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
+    )
     tensors.update({f"attention.o.{k}": v for k, v in tens.items()})
     return plan, tensors
 
@@ -152,7 +181,9 @@ def compact_ffn(t: dict, act: str):
     in_map = torch.full((W2.shape[1],), -1, dtype=torch.long)
     in_map[order] = torch.arange(order.numel())
     M2[:, in_map < 0] = 0
-    plan_out, t_out, _ = build_linear(W2, b2, M2, torch.arange(W2.shape[0]), in_map=in_map)
+    plan_out, t_out, _ = build_linear(
+        W2, b2, M2, torch.arange(W2.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
+    )
     tensors = {f"ffn.fc_in.{k}": v for k, v in t_in.items()}
     tensors.update({f"ffn.fc_out.{k}": v for k, v in t_out.items()})
     return {"ffn_in": plan_in, "ffn_out": plan_out, "act": act}, tensors
