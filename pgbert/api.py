@@ -306,10 +306,13 @@ def demo(
             TrainConfig(epochs=1, lr=1e-4, eval_steps=100, quiet=quiet),
             overwrite=True,
         )
+    # Sized to run in about 25 minutes on 2 CPU cores: 512 calibration sentences, 0.15 epoch of re-finetuning.
     cfg = CompareConfig(
         sparsities=(0.5, 0.88),
         seeds=seeds,
         quiet=quiet,
+        calib_samples=512,
+        finetune_epochs=0.15,
         methods=("pgb", "pgb-identity", "kwon", "structured-fisher", "unstructured-magnitude"),
     )
     compare(cache, "rt-sentiment", output, None, cfg, overwrite)

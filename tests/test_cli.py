@@ -21,6 +21,24 @@ def files(tmp_path):
     return tr
 
 
+def finetune_cli(model, out, train, capsys, *extra, dev=None):
+    args = [
+        "finetune",
+        str(model),
+        "--task",
+        "classification",
+        "--train-file",
+        str(train),
+        "--dev-file",
+        str(dev or train),
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+    return run_cli(args, capsys)
+
+
 def assert_error(code, err, text, out=None):
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: ") and text in err[0], err
@@ -31,22 +49,7 @@ def assert_error(code, err, text, out=None):
 
 def test_missing_model_path(tmp_path, files, capsys):
     out = tmp_path / "out"
-    code, err = run_cli(
-        [
-            "finetune",
-            str(tmp_path / "nope"),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(files),
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(tmp_path / "nope", out, files, capsys)
     assert_error(code, err, "does not exist", out)
 
 
@@ -54,22 +57,7 @@ def test_non_bert_family_model(tmp_path, files, capsys):
     (tmp_path / "gpt").mkdir()
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     out = tmp_path / "out"
-    code, err = run_cli(
-        [
-            "finetune",
-            str(tmp_path / "gpt"),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(files),
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(tmp_path / "gpt", out, files, capsys)
     assert_error(code, err, "supported: bert, distilbert, electra, roberta", out)
 
 
@@ -83,24 +71,7 @@ def test_unknown_task(save_tiny, tmp_path, capsys):
 
 def test_missing_column(save_tiny, tmp_path, files, capsys):
     out = tmp_path / "out"
-    code, err = run_cli(
-        [
-            "finetune",
-            str(save_tiny()),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(files),
-            "--text-column",
-            "review",
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(save_tiny(), out, files, capsys, "--text-column", "review")
     assert_error(code, err, "column 'review' missing", out)
 
 
@@ -108,44 +79,14 @@ def test_empty_split(save_tiny, tmp_path, files, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     out = tmp_path / "out"
-    code, err = run_cli(
-        [
-            "finetune",
-            str(save_tiny()),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(empty),
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(save_tiny(), out, files, capsys, dev=empty)
     assert_error(code, err, "empty", out)
 
 
 def test_dev_label_unseen_in_train(save_tiny, tmp_path, files, capsys):
     dev = write_jsonl(tmp_path / "dev.jsonl", [{"text": "x", "label": 7}])
     out = tmp_path / "out"
-    code, err = run_cli(
-        [
-            "finetune",
-            str(save_tiny()),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(dev),
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(save_tiny(), out, files, capsys, dev=dev)
     assert_error(code, err, "label '7' in the dev split", out)
 
 
@@ -153,22 +94,7 @@ def test_existing_output_needs_overwrite(save_tiny, tmp_path, files, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "mine.txt").write_text("keep")
-    code, err = run_cli(
-        [
-            "finetune",
-            str(save_tiny()),
-            "--task",
-            "classification",
-            "--train-file",
-            str(files),
-            "--dev-file",
-            str(files),
-            "--output",
-            str(out),
-            "--quiet",
-        ],
-        capsys,
-    )
+    code, err = finetune_cli(save_tiny(), out, files, capsys)
     assert_error(code, err, "already exists")
     assert (out / "mine.txt").read_text() == "keep"
 

@@ -36,7 +36,7 @@ def build_linear(
     in_map: original input column -> position in the actual input (default identity).
     dense_rows: for a single block, compute all target rows directly (no output map) when at least this
     fraction of them has kept weights (0: always, as for Q/K/V; above 1: never).
-    Returns (plan, tensors, output row order).
+    Returns ((plan, tensors), output row order).
     """
     n_out_rows, n_in = W.shape
     Mb = M.bool()
@@ -63,55 +63,42 @@ def build_linear(
         # Cheaper than an output map: compute every target row (zero weights where a row has no block,
         # its bias as the constant; padding rows are zero).
         tgt = target.clamp(min=0)
-        Mrow = M[tgt][:, cols] * (target >= 0)[:, None]
-        weight = (W[tgt][:, cols] * Mrow)[None]
+        weight = (W[tgt][:, cols] * M[tgt][:, cols] * (target >= 0)[:, None])[None]
         bias = torch.where(target >= 0, b[tgt], torch.zeros(()))
-        order = target
-        in_index = in_map[cols] if in_map is not None else cols
-        gather_in = not (in_index.numel() == n_in and bool((in_index == torch.arange(n_in)).all()))
-        plan = {
-            "blocks": 1,
-            "rows": weight.shape[1],
-            "cols": weight.shape[2],
-            "n_out": int(target.numel()),
-            "gather_in": gather_in,
-            "map_out": False,
-        }
-        tensors = {"weight": weight.contiguous(), "bias": bias.contiguous()}
-        if gather_in:
-            tensors["in_index"] = in_index
-        return plan, tensors, order
+        return _pack(weight, bias, cols, in_map, n_in, target.numel()), target
     bias = b[order] if order.numel() else torch.zeros(1)
-    in_index = in_map[cols] if in_map is not None else cols
-    assert bool((in_index >= 0).all()), "a kept column reads an input that is not computed"
-    gather_in = not (in_index.numel() == n_in and bool((in_index == torch.arange(n_in)).all()))
     if target is None:
         target = order
     pos = torch.full((n_out_rows + 1,), -1, dtype=torch.long)
     pos[order] = torch.arange(order.numel())
-    y_len = max(order.numel(), 1) if order.numel() else 1
+    y_len = max(order.numel(), 1)
     src = torch.where(target >= 0, pos[target.clamp(min=0)], -1)
     src = torch.where(src >= 0, src, torch.full_like(src, y_len))  # the zero slot after the last output
     base = torch.where((target >= 0) & (src == y_len), b[target.clamp(min=0)], torch.zeros(()))
-    map_out = not (
-        target.numel() == order.numel()
-        and bool((src == torch.arange(target.numel())).all())
-        and order.numel() > 0
-    )
+    identity = target.numel() == order.numel() > 0 and bool((src == torch.arange(target.numel())).all())
+    out_map = None if identity else (src, base)
+    return _pack(weight, bias, cols, in_map, n_in, target.numel(), out_map), order
+
+
+def _pack(weight, bias, cols, in_map, n_in: int, n_out: int, out_map=None) -> tuple[dict, dict]:
+    """The plan (shapes and flags, stored in the config) and tensors (stored in the weights) of one linear."""
+    in_index = in_map[cols] if in_map is not None else cols
+    assert bool((in_index >= 0).all()), "a kept column reads an input that is not computed"
+    gather_in = not (in_index.numel() == n_in and bool((in_index == torch.arange(n_in)).all()))
     plan = {
         "blocks": weight.shape[0],
         "rows": weight.shape[1],
         "cols": weight.shape[2],
-        "n_out": int(target.numel()),
+        "n_out": int(n_out),
         "gather_in": gather_in,
-        "map_out": map_out,
+        "map_out": out_map is not None,
     }
     tensors = {"weight": weight.contiguous(), "bias": bias.contiguous()}
     if gather_in:
         tensors["in_index"] = in_index
-    if map_out:
-        tensors["out_src"], tensors["out_base"] = src, base
-    return plan, tensors, order
+    if out_map is not None:
+        tensors["out_src"], tensors["out_base"] = out_map
+    return plan, tensors
 
 
 def _head_layout(
@@ -149,12 +136,12 @@ def compact_attention(t: dict, heads: int):
     tensors = {}
     for name, layout in (("q", qk_layout), ("k", qk_layout), ("v", v_layout)):
         W, b, M = t[name]
-        plan[name], tens, _ = build_linear(W, b, M, layout)
+        (plan[name], tens), _ = build_linear(W, b, M, layout)
         tensors.update({f"attention.{name}.{k}": v for k, v in tens.items()})
     in_map = torch.full((Wo.shape[1],), -1, dtype=torch.long)
     in_map[v_layout[v_layout >= 0]] = torch.nonzero(v_layout >= 0)[:, 0]
     Mo[:, ~live] = 0
-    plan["o"], tens, _ = build_linear(
+    (plan["o"], tens), _ = build_linear(
         Wo, bo, Mo, torch.arange(Wo.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
     )
     tensors.update({f"attention.o.{k}": v for k, v in tens.items()})
@@ -177,11 +164,11 @@ def compact_ffn(t: dict, act: str):
     live = torch.nonzero(in_kept & M2.bool().any(0))[:, 0]
     if live.numel() == 0:
         return None, {"ffn_const": b2}
-    plan_in, t_in, order = build_linear(W1, b1, M1, None, rows=live)
+    (plan_in, t_in), order = build_linear(W1, b1, M1, None, rows=live)
     in_map = torch.full((W2.shape[1],), -1, dtype=torch.long)
     in_map[order] = torch.arange(order.numel())
     M2[:, in_map < 0] = 0
-    plan_out, t_out, _ = build_linear(
+    (plan_out, t_out), _ = build_linear(
         W2, b2, M2, torch.arange(W2.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
     )
     tensors = {f"ffn.fc_in.{k}": v for k, v in t_in.items()}
