@@ -15,11 +15,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from .adapters import MATRICES, adapter_for
 from .errors import PgbertError
-from .method.allocation import GROUP_COUNTS, Option, allocate, blocks_to_mask, matrix_options
+from .method.allocation import (
+    GROUP_COUNTS,
+    PAIRS,
+    Option,
+    allocate,
+    blocks_to_mask,
+    matrix_options,
+    pair_options,
+)
 from .method.compensation import compensate
 from .method.importance import fisher_scores, magnitude_scores
 from .method.structure import flops_ratio, layer_structure
@@ -42,6 +49,7 @@ class PruneConfig:
     group_counts: tuple[int, ...] = GROUP_COUNTS
     fixed_groups: int | None = None  # ablation: every matrix keeps round((1-s) G) of G blocks
     compensate: bool = True
+    pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     finetune_epochs: float = 1.0
     kd: bool = False
@@ -102,35 +110,64 @@ def task_loss(model: nn.Module, batches: list[dict]) -> float:
     return sum(losses) / sum(len(b["input_ids"]) for b in batches)
 
 
-def choose_options(
-    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, quiet: bool = True
-) -> dict[str, Option]:
-    """Stages 2-3: grouping options per matrix and the knapsack choice; sublayers that drop free their
-    partner matrices' budget, so allocation repeats with those forced empty."""
-    flat = [n for layer in names for n in layer]
-    total = sum(scores[n].numel() for n in flat)
-    budget = (1.0 - cfg.sparsity) * total
-    options = {}
-    for n in tqdm(flat, desc="grouping", disable=quiet, leave=False):
-        opts = matrix_options(
-            scores[n], cfg.group_counts, permute=cfg.permute, submatrix=not cfg.extra.get("no_submatrix")
-        )
+@dataclass
+class Choice:
+    """One knapsack option for an item (one matrix, or a pair deciding its shared index set jointly)."""
+
+    parts: tuple[Option, ...]
+
+    @property
+    def cost(self) -> int:
+        return sum(o.cost for o in self.parts)
+
+    @property
+    def value(self) -> float:
+        return sum(o.value for o in self.parts)
+
+
+def _items(scores, names, cfg: PruneConfig) -> list[tuple[tuple[str, ...], list[Choice]]]:
+    """Knapsack items with their options: three pairs per layer (Q/K, V/O, FFN-in/out) or six matrices."""
+    items = []
+    sub = not cfg.extra.get("no_submatrix")
+    for layer in names:
+        by = dict(zip(MATRICES, layer))
+        if cfg.pairing and sub and not cfg.fixed_groups:
+            for a, b, ax, bx in PAIRS:
+                opts = pair_options(
+                    scores[by[a]], scores[by[b]], ax, bx, cfg.group_counts, permute=cfg.permute
+                )
+                items.append(((by[a], by[b]), [Choice(p) for p in opts]))
+        else:
+            for n in layer:
+                opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute, submatrix=sub)
+                items.append(((n,), [Choice((o,)) for o in opts]))
+    for i, (item_names, choices) in enumerate(items):
         if cfg.fixed_groups:
             G = cfg.fixed_groups
             k = max(1, round((1 - cfg.sparsity) * G))
-            opts = [o for o in opts if (o.groups, o.blocks_kept) == (G, k)] or [
-                o for o in opts if o.kind == "submatrix" and abs(o.cost - k * scores[n].numel() / G**2) < 1
-            ]
+            choices = [c for c in choices if all((o.groups, o.blocks_kept) == (G, k) for o in c.parts)]
         elif not cfg.allow_drop:
-            opts = [o for o in opts if o.kind != "empty"]
-        options[n] = opts
+            choices = [c for c in choices if all(o.kind != "empty" for o in c.parts)]
+        items[i] = (item_names, choices)
+    return items
+
+
+def choose_options(
+    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, quiet: bool = True
+) -> dict[str, Option]:
+    """Stages 2-3: grouping options per item and the knapsack choice; sublayers that drop free their
+    partner matrices' budget, so allocation repeats with those forced empty."""
+    total = sum(scores[n].numel() for layer in names for n in layer)
+    budget = (1.0 - cfg.sparsity) * total
+    items = _items(scores, names, cfg)
     forced: set[str] = set()
     for _ in range(4):
-        cand = {
-            n: ([o for o in options[n] if o.kind == "empty"] if n in forced else options[n]) for n in flat
-        }
-        pick = allocate([cand[n] for n in flat], budget)
-        chosen = {n: cand[n][i] for n, i in zip(flat, pick)}
+        cand = [
+            [c for c in choices if all(o.kind == "empty" for o in c.parts)] if set(item) & forced else choices
+            for item, choices in items
+        ]
+        pick = allocate(cand, budget)
+        chosen = {n: o for (item, _), c, i in zip(items, cand, pick) for n, o in zip(item, c[i].parts)}
         new = set(forced)
         for layer in names:
             empty = {k: chosen[n].kind == "empty" for k, n in zip(MATRICES, layer)}

@@ -54,7 +54,7 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
     with torch.no_grad():
         assert torch.equal(ref(**batch).logits, pruned(**batch).logits)
     for m in rep["matrices"]:
-        assert m["score_kept_fraction"] >= m["score_kept_fraction_identity"] - 1e-9
+        assert m["score_kept_fraction"] >= m["score_kept_fraction_identity"] * (1 - 1e-6)
     gain = rep["permutation_gain"]
     assert gain["mean_score_kept_fraction"] > gain["mean_score_kept_fraction_identity"]
     assert 0 < rep["flops_ratio"] < 1

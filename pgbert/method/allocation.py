@@ -185,3 +185,98 @@ def blocks_to_mask(shape: tuple[int, int], blocks: Blocks) -> torch.Tensor:
     for r, c in blocks:
         mask[r[:, None], c] = 1.0
     return mask
+
+
+PAIRS = (("q", "k", 0, 0), ("v", "o", 0, 1), ("ffn_in", "ffn_out", 0, 1))  # A, B, shared axis of A, of B
+PAIR_FREE_FRACTIONS = (1 / 4, 1 / 2, 3 / 4, 1.0)
+
+
+def pair_options(
+    SA: torch.Tensor,
+    SB: torch.Tensor,
+    axis_a: int,
+    axis_b: int,
+    group_counts: tuple[int, ...] = GROUP_COUNTS,
+    fractions: tuple[float, ...] = FRACTIONS,
+    permute: bool = True,
+    align: int = 16,
+) -> list[tuple[Option, Option]]:
+    """Options for two matrices that only work together, deciding their shared index set jointly.
+
+    The shared axis is Q and K rows (query/key dims), V rows and O columns (value dims), FFN-in rows and
+    FFN-out columns (neurons): a dim kept in one but not the other is wasted budget. A pair sub-matrix
+    option keeps n shared indices N, c_A free indices of A and c_B of B; N starts from the joint marginal
+    ranking and is refined once given the chosen free indices. Grouped options (k >= 2 of G blocks per
+    matrix), empty and dense complete the list.
+    """
+    A = (SA if axis_a == 0 else SA.T).float()
+    B = (SB if axis_b == 0 else SB.T).float()
+    n_shared = A.shape[0]
+    opts_a = matrix_options(SA, group_counts, fractions, permute, align, submatrix=False)
+    opts_b = matrix_options(SB, group_counts, fractions, permute, align, submatrix=False)
+    out = [
+        (a, b)
+        for a, b in zip(opts_a, opts_b)
+        if (a.kind, a.groups, a.blocks_kept) == (b.kind, b.groups, b.blocks_kept)
+    ]
+    out = [(a, b) for a, b in out if a.kind != "grouped" or a.blocks_kept >= 2]
+    u = A.sum(1) + B.sum(1)
+    order = torch.argsort(u, descending=True)
+    ns = sorted({_round(f * n_shared, align, n_shared) for f in fractions})
+    cas = sorted({_round(f * A.shape[1], align, A.shape[1]) for f in PAIR_FREE_FRACTIONS})
+    cbs = sorted({_round(f * B.shape[1], align, B.shape[1]) for f in PAIR_FREE_FRACTIONS})
+    for n in ns:
+        rows0 = order[:n]
+        id_rows = _best_chunk(u, n)
+        for ca in cas:
+            for cb in cbs:
+                if n == n_shared and ca == A.shape[1] and cb == B.shape[1]:
+                    continue
+                rows = rows0
+                ia, ib = _best_chunk(A[id_rows].sum(0), ca), _best_chunk(B[id_rows].sum(0), cb)
+                id_a, id_b = float(A[id_rows][:, ia].sum()), float(B[id_rows][:, ib].sum())
+                if permute:
+                    for _ in range(2):  # free indices given shared ones, then shared given free
+                        ca_idx = torch.topk(A[rows].sum(0), ca).indices
+                        cb_idx = torch.topk(B[rows].sum(0), cb).indices
+                        rows = torch.topk(A[:, ca_idx].sum(1) + B[:, cb_idx].sum(1), n).indices
+                    ca_idx = torch.topk(A[rows].sum(0), ca).indices
+                    cb_idx = torch.topk(B[rows].sum(0), cb).indices
+                    va, vb = float(A[rows][:, ca_idx].sum()), float(B[rows][:, cb_idx].sum())
+                    if va < id_a or vb < id_b:  # never below the unpermuted choice, matrix by matrix
+                        rows, ca_idx, cb_idx, va, vb = id_rows, ia, ib, id_a, id_b
+                else:
+                    rows, ca_idx, cb_idx, va, vb = id_rows, ia, ib, id_a, id_b
+                rows, ca_idx, cb_idx = (
+                    torch.sort(rows).values,
+                    torch.sort(ca_idx).values,
+                    torch.sort(cb_idx).values,
+                )
+                out.append(
+                    (
+                        _pair_part(SA, axis_a, rows, ca_idx, va, id_a),
+                        _pair_part(SB, axis_b, rows, cb_idx, vb, id_b),
+                    )
+                )
+    return out
+
+
+def _best_chunk(v: torch.Tensor, size: int) -> torch.Tensor:
+    """The contiguous aligned chunk of `size` indices with the largest sum (the no-permutation choice)."""
+    chunks = v[: v.numel() - v.numel() % size].view(-1, size).sum(1)
+    i = int(chunks.argmax())
+    return torch.arange(i * size, (i + 1) * size)
+
+
+def _pair_part(S, axis, shared, free, value, ident) -> Option:
+    rows, cols = (shared, free) if axis == 0 else (free, shared)
+    return Option(
+        "pair-submatrix",
+        rows.numel() * cols.numel(),
+        value,
+        ident,
+        1,
+        1,
+        _fixed([(rows, cols)]),
+        (rows.numel(), cols.numel()),
+    )

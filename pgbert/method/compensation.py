@@ -4,8 +4,8 @@ For each pruned linear, inputs X come from the already-compensated pruned model 
 dense model's outputs of that linear. For each kept block (rows R sharing the column set C):
     min ||Y[R] - W_R X[C] - b_R||^2 + lam ||[W_R, b_R] - [W_R, b_R]_orig||^2
 Rows with no kept block get the mean target as bias (bias absorption). Padding tokens are excluded.
-Guards: a linear keeps its compensation only if it lowers the error on held-out calibration tokens, and
-a layer keeps it only if the held-out task loss does not rise.
+Guards: a linear keeps its compensation only if it lowers the error on held-out calibration tokens; then
+the prefix of compensated layers with the lowest held-out task loss is kept (all, some, or none).
 """
 
 from __future__ import annotations
@@ -140,14 +140,15 @@ def compensate(
     quiet: bool = True,
 ) -> dict[str, dict]:
     """Compensate `pruned` (dense weights times masks) in place; returns per-matrix errors (relative
-    squared error on held-out tokens, before and after) and whether each layer kept its compensation."""
+    squared error on held-out tokens, before and after), whether each layer kept its compensation and the
+    held-out task loss of every prefix of compensated layers."""
     adapter = adapter_for(dense.config)
     d_layers, p_layers = adapter.layers(dense), adapter.layers(pruned)
     prefix = {id(m): n for n, m in pruned.named_modules()}
     fit_d = fit_p = layer_inputs(dense, fit)
     chk_d = chk_p = layer_inputs(dense, check)
     report: dict[str, dict] = {}
-    base_loss = loss_fn(pruned, check)
+    originals, compensated, reports = [], [], []
     stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
     for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
         dparts, pparts = adapter.parts(d_layers[li]), adapter.parts(p_layers[li])
@@ -184,22 +185,39 @@ def compensate(
                     "error_after": min(after, before),
                     "compensated": after < before,
                 }
-        loss = loss_fn(pruned, check)
-        keep = loss <= base_loss
-        if not keep:  # the task got worse: undo this layer's compensation
-            with torch.no_grad():
-                for k, (w, b) in saved.items():
-                    pparts.linear(k).weight.copy_(w)
-                    pparts.linear(k).bias.copy_(b)
-            for r in layer_report.values():
-                r.update(error_after=r["error_before"], compensated=False)
-        else:
-            base_loss = loss
-        for r in layer_report.values():
-            r["layer_kept"] = keep
-        report.update(layer_report)
+        compensated.append(
+            {
+                k: (pparts.linear(k).weight.detach().clone(), pparts.linear(k).bias.detach().clone())
+                for k in MATRICES
+            }
+        )
+        originals.append(saved)
+        reports.append(layer_report)
         fit_d, chk_d = fit_d_next, chk_d_next
         fit_p, _ = run_layer(p_layers[li], fit_p, {}, "input")
         chk_p, _ = run_layer(p_layers[li], chk_p, {}, "input")
-    report["_check_loss"] = {"final": base_loss}
+    # Task guard: each layer's compensation was fitted on inputs from the compensated layers before it, so
+    # the consistent choices are prefixes. Keep the prefix with the lowest held-out task loss.
+    losses = [0.0] * (len(d_layers) + 1)
+    losses[-1] = loss_fn(pruned, check)
+    for li in reversed(range(len(d_layers))):
+        _load(adapter.parts(p_layers[li]), originals[li])
+        losses[li] = loss_fn(pruned, check)
+    keep = min(range(len(losses)), key=lambda k: (losses[k], -k))
+    for li in range(keep):
+        _load(adapter.parts(p_layers[li]), compensated[li])
+    for li, layer_report in enumerate(reports):
+        for r in layer_report.values():
+            r["layer_kept"] = li < keep
+            if li >= keep:
+                r.update(error_after=r["error_before"], compensated=False)
+        report.update(layer_report)
+    report["_check_loss"] = {"prefix_losses": losses, "compensated_layers": keep}
     return report
+
+
+@torch.no_grad()
+def _load(parts, state: dict) -> None:
+    for k, (w, b) in state.items():
+        parts.linear(k).weight.copy_(w)
+        parts.linear(k).bias.copy_(b)
