@@ -110,6 +110,10 @@ def task_loss(model: nn.Module, batches: list[dict]) -> float:
     return sum(losses) / sum(len(b["input_ids"]) for b in batches)
 
 
+# Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
+GROUPED_EFFICIENCY = {2: 0.95, 3: 0.85, 4: 0.8, 5: 0.75, 6: 0.7, 7: 0.67, 8: 0.65}
+
+
 @dataclass
 class Choice:
     """One knapsack option for an item (one matrix, or a pair deciding its shared index set jointly)."""
@@ -122,7 +126,12 @@ class Choice:
 
     @property
     def value(self) -> float:
-        return sum(o.value for o in self.parts)
+        """Kept score, discounted for block-diagonal layouts by how fast they run (PERF.md): the knapsack
+        then takes G blocks only where they keep clearly more than one dense sub-matrix."""
+        return sum(
+            o.value * GROUPED_EFFICIENCY.get(o.blocks_kept, 0.6) if o.kind == "grouped" else o.value
+            for o in self.parts
+        )
 
 
 def _items(scores, names, cfg: PruneConfig) -> list[tuple[tuple[str, ...], list[Choice]]]:

@@ -23,7 +23,7 @@ from .grouping import best_grid_block, best_submatrix, group, identity_grouping
 Blocks = list[tuple[torch.Tensor, torch.Tensor]]  # (row indices, column indices) per kept block
 
 FRACTIONS = (1 / 8, 1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4, 7 / 8, 1.0)
-GROUP_COUNTS = (2, 4, 8)
+GROUP_COUNTS = (2, 4)  # G = 8 blocks run ~1.5x slower per weight (PERF.md); pass group_counts to widen
 
 
 @dataclass
@@ -226,39 +226,38 @@ def pair_options(
     cas = sorted({_round(f * A.shape[1], align, A.shape[1]) for f in PAIR_FREE_FRACTIONS})
     cbs = sorted({_round(f * B.shape[1], align, B.shape[1]) for f in PAIR_FREE_FRACTIONS})
     for n in ns:
-        rows0 = order[:n]
+        rmask = _mask(order[:n], n_shared)
         id_rows = _best_chunk(u, n)
+        id_mask = _mask(id_rows, n_shared)
+        idA, idB = id_mask @ A, id_mask @ B  # column sums over the unpermuted shared rows
+        # Free indices given the marginal shared rows (top-c prefixes), and each choice's pull on rows.
+        topA = torch.topk(rmask @ A, max(cas)).indices
+        topB = torch.topk(rmask @ B, max(cbs)).indices
+        pullA = {ca: A @ _mask(topA[:ca], A.shape[1]) for ca in cas}
+        pullB = {cb: B @ _mask(topB[:cb], B.shape[1]) for cb in cbs}
         for ca in cas:
             for cb in cbs:
                 if n == n_shared and ca == A.shape[1] and cb == B.shape[1]:
                     continue
-                rows = rows0
-                ia, ib = _best_chunk(A[id_rows].sum(0), ca), _best_chunk(B[id_rows].sum(0), cb)
-                id_a, id_b = float(A[id_rows][:, ia].sum()), float(B[id_rows][:, ib].sum())
-                if permute:
-                    for _ in range(2):  # free indices given shared ones, then shared given free
-                        ca_idx = torch.topk(A[rows].sum(0), ca).indices
-                        cb_idx = torch.topk(B[rows].sum(0), cb).indices
-                        rows = torch.topk(A[:, ca_idx].sum(1) + B[:, cb_idx].sum(1), n).indices
-                    ca_idx = torch.topk(A[rows].sum(0), ca).indices
-                    cb_idx = torch.topk(B[rows].sum(0), cb).indices
-                    va, vb = float(A[rows][:, ca_idx].sum()), float(B[rows][:, cb_idx].sum())
-                    if va < id_a or vb < id_b:  # never below the unpermuted choice, matrix by matrix
-                        rows, ca_idx, cb_idx, va, vb = id_rows, ia, ib, id_a, id_b
-                else:
-                    rows, ca_idx, cb_idx, va, vb = id_rows, ia, ib, id_a, id_b
-                rows, ca_idx, cb_idx = (
-                    torch.sort(rows).values,
-                    torch.sort(ca_idx).values,
-                    torch.sort(cb_idx).values,
-                )
-                out.append(
-                    (
-                        _pair_part(SA, axis_a, rows, ca_idx, va, id_a),
-                        _pair_part(SB, axis_b, rows, cb_idx, vb, id_b),
-                    )
-                )
+                ia, ib = _best_chunk(idA, ca), _best_chunk(idB, cb)
+                id_a, id_b = float(idA[ia].sum()), float(idB[ib].sum())
+                rows, va, vb = id_rows, id_a, id_b
+                if permute:  # shared rows given the free indices, then the free indices again
+                    p_rows = torch.topk(pullA[ca] + pullB[cb], n).indices
+                    pm = _mask(p_rows, n_shared)
+                    ca_p, cb_p = torch.topk(pm @ A, ca), torch.topk(pm @ B, cb)
+                    pa, pb = float(ca_p.values.double().sum()), float(cb_p.values.double().sum())
+                    if pa >= id_a and pb >= id_b:  # never below the unpermuted choice, matrix by matrix
+                        rows, ia, ib, va, vb = p_rows, ca_p.indices, cb_p.indices, pa, pb
+                rows, ia, ib = torch.sort(rows).values, torch.sort(ia).values, torch.sort(ib).values
+                out.append((_pair_part(SA, axis_a, rows, ia, va, id_a), _pair_part(SB, axis_b, rows, ib, vb, id_b)))
     return out
+
+
+def _mask(idx: torch.Tensor, size: int) -> torch.Tensor:
+    m = torch.zeros(size)
+    m[idx] = 1.0
+    return m
 
 
 def _best_chunk(v: torch.Tensor, size: int) -> torch.Tensor:

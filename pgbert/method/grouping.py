@@ -101,7 +101,7 @@ def _sorted_start(marginal: torch.Tensor, groups: int) -> torch.Tensor:
     return labels
 
 
-def group(S: torch.Tensor, groups: int, iters: int = 6) -> Grouping:
+def group(S: torch.Tensor, groups: int, iters: int = 4) -> Grouping:
     """Permutation grouping of S into `groups` diagonal blocks (see module docstring)."""
     S = S.float()
     m, n = S.shape
