@@ -9,7 +9,10 @@ from pgbert.compact.model import to_compact
 from pgbert.pipeline import prunable_names
 from pgbert.training import apply_masks
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def test_compact_on_cuda_matches_and_benches(tokenizer):

@@ -105,3 +105,41 @@ def test_kd_runs_and_api_writes_run_folder(tokenizer, save_tiny, tmp_path):
         teacher=teacher,
     )
     assert hist["steps"] == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_task_type_runs_on_every_family(tokenizer, family, tmp_path):
+    """Pair classification, regression and QA: two training steps and an evaluation per family."""
+    rows = sentiment_rows(32)
+    pair = TaskData(
+        get_task("mrpc"),
+        [{"text": r["text"], "text_pair": "and so on", "label": r["label"]} for r in rows],
+        {"dev": [{"text": r["text"], "text_pair": "x", "label": r["label"]} for r in rows[:8]]},
+        ["not_equivalent", "equivalent"],
+        "s",
+    )
+    m, _ = finetune(tiny_model(family, tokenizer), tokenizer, pair, TrainConfig(max_steps=2, quiet=True))
+    assert set(evaluate(m, tokenizer, pair)) == {"accuracy", "f1", "loss"}
+    reg = TaskData(
+        get_task("stsb"),
+        [{"text": r["text"], "text_pair": "a", "label": float(r["label"])} for r in rows],
+        {
+            "dev": [
+                {"text": r["text"], "text_pair": "a", "label": float(i % 3)} for i, r in enumerate(rows[:8])
+            ]
+        },
+        None,
+        "s",
+    )
+    m = tiny_model(family, tokenizer, num_labels=1)
+    m.config.problem_type = "regression"
+    m, _ = finetune(m, tokenizer, reg, TrainConfig(max_steps=2, quiet=True))
+    assert set(evaluate(m, tokenizer, reg)) == {"pearson", "spearman"}
+    (tmp_path / "q.json").write_text(json.dumps(squad_json(12)))
+    qa = load_task(
+        "squad", DataOptions(train_file=str(tmp_path / "q.json"), dev_file=str(tmp_path / "q.json"))
+    )
+    m, _ = finetune(
+        tiny_model(family, tokenizer, qa=True), tokenizer, qa, TrainConfig(max_steps=2, quiet=True)
+    )
+    assert set(evaluate(m, tokenizer, qa)) == {"exact_match", "f1"}
