@@ -38,7 +38,8 @@ def ceiling_model(kept_linear: int, layers: int = 12, d: int = 768) -> BertForSe
     # heads * 64 != d: rebuild Q/K/V/O at the narrower width
     for layer in model.bert.encoder.layer:
         sa = layer.attention.self
-        sa.num_attention_heads, sa.all_head_size = heads, heads * 64
+        sa.num_attention_heads, sa.attention_head_size, sa.all_head_size = heads, 64, heads * 64
+        sa.scaling = 64**-0.5
         sa.query = torch.nn.Linear(d, heads * 64)
         sa.key = torch.nn.Linear(d, heads * 64)
         sa.value = torch.nn.Linear(d, heads * 64)
