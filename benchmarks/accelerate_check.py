@@ -1,7 +1,7 @@
 """1 vs 2 Accelerate CPU processes: same fine-tuning recipe, metrics must agree within noise.
 
 Fine-tunes the bundled MiniLM on a subset of the bundled sentiment task twice, once as one process and
-once under `accelerate launch --num_processes 2 --cpu`, with the same global batch (2 x 16 vs 1 x 32)
+once as two gloo processes on the CPU, with the same global batch (2 x 16 vs 1 x 32)
 and steps, and prints both dev accuracies and their difference against the binomial standard error.
 
     python benchmarks/accelerate_check.py [--steps 150]
@@ -48,22 +48,20 @@ def main() -> None:
         [sys.executable, "-m", "pgbert", *common, "--batch-size", "32", "--output", str(tmp / "one")],
         tmp / "one",
     )
+    # accelerate 1.15's `--cpu` flag always starts a single process; two CPU processes need the torchrun
+    # launcher (--multi_gpu) with ACCELERATE_USE_CPU=true, which Accelerator() reads (gloo backend).
+    os.environ["ACCELERATE_USE_CPU"] = "true"
+    launch = [
+        "accelerate",
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_cpu_threads_per_process",
+        "1",
+    ]
     two = run(
-        [
-            "accelerate",
-            "launch",
-            "--num_processes",
-            "2",
-            "--cpu",
-            "-m",
-            "pgbert",
-            *common,
-            "--batch-size",
-            "16",
-            "--output",
-            str(tmp / "two"),
-        ],
-        tmp / "two",
+        [*launch, "-m", "pgbert", *common, "--batch-size", "16", "--output", str(tmp / "two")], tmp / "two"
     )
     a1, a2 = one["metrics"]["dev"]["accuracy"], two["metrics"]["dev"]["accuracy"]
     n = one["dev_examples"]["dev"]
