@@ -110,7 +110,9 @@ def finetune(
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
     opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total), total)
+    # A prepared scheduler steps once per process per optimiser step: size it in those units.
+    n = acc.num_processes
+    sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) * n, total * n)
     apply_masks(model, masks)
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     if teacher is not None:
