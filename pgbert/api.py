@@ -199,12 +199,14 @@ def export(folder: str | Path, onnx_file: str | Path) -> dict:
     """Export a compact (or dense) model folder to ONNX and check it in onnxruntime."""
     from .compact.export import export_onnx
 
-    name = models.resolve(folder)
-    net = load(name) if models._is_pgbert(name) else _load_any(name)
-    return export_onnx(net, onnx_file)
+    return export_onnx(_load_any(folder), onnx_file)
 
 
-def _load_any(name: str) -> nn.Module:
+def _load_any(model: str | Path) -> nn.Module:
+    """A compact pgbert folder, or a plain transformers task-model folder, ready for inference."""
+    name = models.resolve(model)
+    if models._is_pgbert(name):
+        return load(name)
     config = models.load_config(name)
     kind = "qa" if any("QuestionAnswering" in a for a in config.architectures or []) else "classification"
     return models.task_model_class(kind).from_pretrained(name).eval()
@@ -227,8 +229,7 @@ def bench(
         raise PgbertError(f"--batch-size and --seq-len must be positive, got {batch_size} and {seq_len}")
 
     def get(name):
-        name = models.resolve(name)
-        net = load(name) if models._is_pgbert(name) else _load_any(name)
+        net = _load_any(name)
         cfg = getattr(net.config, "base_config", None) or net.config.to_dict()
         limit = cfg.get("max_position_embeddings", 512)
         if seq_len > limit:
