@@ -18,6 +18,7 @@ from transformers.activations import ACT2FN
 from ..adapters import MATRICES, adapter_for
 from .modeling_pgbert import CompactLayer
 
+DENSE_COLS = 0.9  # single block: zero weight columns rather than an input gather when >= 90% are read
 DENSE_ROWS = 0.95  # O / FFN-out: compute zero rows rather than map outputs only when >= 95% of rows are kept
 
 
@@ -29,16 +30,19 @@ def build_linear(
     rows: torch.Tensor | None = None,
     in_map: torch.Tensor | None = None,
     dense_rows: float = 0.0,
+    in_width: int | None = None,
 ):
     """Plan and tensors of one CompactLinear.
 
     target: output order as original row indices (-1 = zero padding); None = free order over `rows`.
-    in_map: original input column -> position in the actual input (default identity).
+    in_map: original input column -> position in the actual input (default identity), whose width is
+    in_width (default: W's input width).
     dense_rows: for a single block, compute all target rows directly (no output map) when at least this
     fraction of them has kept weights (0: always, as for Q/K/V; above 1: never).
     Returns ((plan, tensors), output row order).
     """
     n_out_rows, n_in = W.shape
+    n_in = in_width if in_width is not None else n_in
     Mb = M.bool()
     cand = rows if rows is not None else target[target >= 0]
     live = cand[Mb[cand].any(1)] if cand.numel() else cand
@@ -84,6 +88,10 @@ def _pack(weight, bias, cols, in_map, n_in: int, n_out: int, out_map=None) -> tu
     """The plan (shapes and flags, stored in the config) and tensors (stored in the weights) of one linear."""
     in_index = in_map[cols] if in_map is not None else cols
     assert bool((in_index >= 0).all()), "a kept column reads an input that is not computed"
+    if weight.shape[0] == 1 and in_index.numel() >= DENSE_COLS * n_in:  # cheaper than gathering
+        full = weight.new_zeros(1, weight.shape[1], n_in)
+        full[0][:, in_index] = weight[0]
+        weight, in_index = full, torch.arange(n_in)
     gather_in = not (in_index.numel() == n_in and bool((in_index == torch.arange(n_in)).all()))
     plan = {
         "blocks": weight.shape[0],
@@ -142,7 +150,7 @@ def compact_attention(t: dict, heads: int):
     in_map[v_layout[v_layout >= 0]] = torch.nonzero(v_layout >= 0)[:, 0]
     Mo[:, ~live] = 0
     (plan["o"], tens), _ = build_linear(
-        Wo, bo, Mo, torch.arange(Wo.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
+        Wo, bo, Mo, torch.arange(Wo.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS, in_width=v_layout.numel()
     )
     tensors.update({f"attention.o.{k}": v for k, v in tens.items()})
     return plan, tensors
@@ -169,7 +177,7 @@ def compact_ffn(t: dict, act: str):
     in_map[order] = torch.arange(order.numel())
     M2[:, in_map < 0] = 0
     (plan_out, t_out), _ = build_linear(
-        W2, b2, M2, torch.arange(W2.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS
+        W2, b2, M2, torch.arange(W2.shape[0]), in_map=in_map, dense_rows=DENSE_ROWS, in_width=order.numel()
     )
     tensors = {f"ffn.fc_in.{k}": v for k, v in t_in.items()}
     tensors.update({f"ffn.fc_out.{k}": v for k, v in t_out.items()})
