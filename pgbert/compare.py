@@ -14,12 +14,13 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from .adapters import adapter_for
 from .baselines import kwon
-from .baselines.structured import structured_fisher_keep, unit_gradients, unit_masks_to_weight_masks
+from .baselines.structured import structured_fisher_keep, unit_masks_to_weight_masks
 from .bench import compare as bench_compare
 from .errors import PgbertError
 from .method.compensation import compensate
-from .method.importance import check_finite
+from .method.importance import fisher, unit_calibrate, unit_gradients
 from .method.structure import flops_ratio
 from .pipeline import PruneConfig, batches_of, calibration_split, masks_from_scores, prunable_names, task_loss
 from .tasks import TaskData
@@ -62,22 +63,10 @@ class CompareConfig:
 
 
 def _scores_and_units(model: nn.Module, batches: list[dict], names: list[list[str]]):
-    """One backward pass per batch gives weight Fisher saliency and head/neuron mask Fisher."""
+    """One backward pass per batch gives weight Fisher saliency and the unit (head, neuron, dim) Fisher."""
+    heads = adapter_for(model.config).num_heads(model.config)
     flat = [n for layer in names for n in layer]
-    params = [model.get_parameter(n) for n in flat]
-    fw = [torch.zeros_like(p) for p in params]
-    units = None
-    model.eval()
-    for batch in batches:
-        grads = torch.autograd.grad(model(**batch).loss, params)
-        for f, g in zip(fw, grads):
-            f.add_(g.square())
-        ug = unit_gradients(model, names, dict(zip(flat, grads)))
-        sq = [{k: v.detach().square() for k, v in u.items()} for u in ug]
-        units = sq if units is None else [{k: a[k] + b[k] for k in a} for a, b in zip(units, sq)]
-    scores = {n: p.detach().square() * f for n, p, f in zip(flat, params, fw)}
-    check_finite(scores)
-    return scores, units
+    return fisher(model, batches, flat, unit_gradients(model, names, heads))
 
 
 def _unstructured(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
@@ -119,6 +108,9 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
         t = time.perf_counter()
         torch.manual_seed(seed)
         scores, units = _scores_and_units(dense, calib_b, names)
+        calibrated = unit_calibrate(
+            scores, names, units
+        )  # what `pgbert prune` uses (PruneConfig.unit_fisher)
         fisher_s = time.perf_counter() - t
         mag = {n: dense.get_parameter(n).detach().abs() for n in flat}
         for s in cfg.sparsities:
@@ -128,7 +120,7 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
                 pruned = copy.deepcopy(dense)
                 if method in ("pgb", "pgb-identity"):
                     _, masks = masks_from_scores(
-                        scores, names, replace(pcfg, sparsity=s, permute=method == "pgb")
+                        calibrated, names, replace(pcfg, sparsity=s, permute=method == "pgb")
                     )
                 elif method in ("kwon", "structured-fisher"):
                     keep = (kwon.search if method == "kwon" else structured_fisher_keep)(units, dense, budget)

@@ -28,7 +28,7 @@ from .method.allocation import (
     pair_options,
 )
 from .method.compensation import compensate
-from .method.importance import fisher_scores, magnitude_scores
+from .method.importance import fisher, magnitude_scores, unit_calibrate, unit_gradients
 from .method.structure import flops_ratio, layer_structure
 from .tasks import TaskData
 from .tasks.features import collator_for, train_features
@@ -50,6 +50,7 @@ class PruneConfig:
     fixed_groups: int | None = None  # ablation: every matrix keeps round((1-s) G) of G blocks
     compensate: bool = True
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
+    unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     finetune_epochs: float = 1.0
     kd: bool = False
@@ -108,6 +109,17 @@ def task_loss(model: nn.Module, batches: list[dict]) -> float:
     model.eval()
     losses = [float(model(**b).loss) * len(b["input_ids"]) for b in batches]
     return sum(losses) / sum(len(b["input_ids"]) for b in batches)
+
+
+def pgb_scores(
+    dense: nn.Module, batches: list[dict], names: list[list[str]], cfg: PruneConfig
+) -> dict[str, torch.Tensor]:
+    """Stage 1: Fisher saliency of every weight, unit-calibrated unless cfg.unit_fisher is off."""
+    flat = [n for layer in names for n in layer]
+    heads = adapter_for(dense.config).num_heads(dense.config)
+    unit_fn = unit_gradients(dense, names, heads) if cfg.unit_fisher else None
+    scores, units = fisher(dense, batches, flat, unit_fn, quiet=cfg.quiet)
+    return unit_calibrate(scores, names, units) if cfg.unit_fisher else scores
 
 
 # Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
@@ -213,7 +225,7 @@ def prune_model(
 
     t = time.perf_counter()  # 1. importance
     if cfg.importance == "fisher":
-        scores = fisher_scores(dense, calib_batches, flat, quiet=cfg.quiet)
+        scores = pgb_scores(dense, calib_batches, names, cfg)
     else:
         scores = magnitude_scores(dense, flat)
     timings["importance"] = time.perf_counter() - t

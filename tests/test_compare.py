@@ -11,6 +11,7 @@ from pgbert.baselines import kwon
 from pgbert.baselines.structured import structured_fisher_keep, unit_costs, unit_masks_to_weight_masks
 from pgbert.compare import METHODS, CompareConfig, _scores_and_units
 from pgbert.errors import PgbertError
+from pgbert.method.importance import unit_calibrate
 from pgbert.pipeline import PruneConfig, batches_of, prunable_names
 from pgbert.tasks import TaskData, get_task
 from pgbert.training import apply_masks
@@ -34,6 +35,42 @@ def test_unit_fisher_matches_mask_gradient(tokenizer):
     model(**batch).loss.backward()
     h.remove()
     assert torch.allclose(units[0]["neuron"], m.grad.square(), rtol=1e-4, atol=1e-10)
+
+
+def test_qk_unit_fisher_matches_mask_gradient(tokenizer):
+    """A Q/K dim's unit gradient is half of dL/dm for a mask scaling that dim's Q and K rows (weights, not
+    bias): the bilinear score term makes the derivative at m = 1 count the dim twice."""
+    model = tiny_model("bert", tokenizer)
+    d = data()
+    batch = batches_of(d, d.train[:16], tokenizer, model, PruneConfig(sparsity=0.5))[0]
+    _, units = _scores_and_units(model, [batch], prunable_names(model))
+    sa = model.bert.encoder.layer[1].attention.self
+    m = torch.ones(sa.query.out_features, requires_grad=True)
+    hooks = [
+        lin.register_forward_hook(lambda mod, a, out: (out - mod.bias) * m + mod.bias)
+        for lin in (sa.query, sa.key)
+    ]
+    model(**batch).loss.backward()
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(units[1]["qk"], (m.grad / 2).square(), rtol=1e-4, atol=1e-12)
+
+
+def test_unit_calibration_prices_whole_units_by_mask_fisher(tokenizer):
+    model = tiny_model("bert", tokenizer)
+    d = data()
+    names = prunable_names(model)
+    batches = batches_of(d, d.train[:64], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=16))
+    scores, units = _scores_and_units(model, batches, names)
+    cal = unit_calibrate(scores, names, units)
+    q, k, v, o, f1, f2 = names[0]
+    torch.testing.assert_close(cal[f1].sum(1) + cal[f2].sum(0), units[0]["ffn"], rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(cal[v].sum(1) + cal[o].sum(0), units[0]["vo"], rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(cal[q].sum(1) + cal[k].sum(1), units[0]["qk"], rtol=1e-4, atol=1e-12)
+    # one scale per unit and one per hidden feature: cal / scores is an outer product (rank one)
+    r = (cal[f1] / scores[f1]).double()
+    torch.testing.assert_close(r[:4, :1] * r[:1, :5] / r[0, 0], r[:4, :5], rtol=1e-4, atol=0)
+    assert not torch.allclose(r[:, 0], r[:, 1])  # the feature scales differ
 
 
 def test_structured_and_kwon_budgets(tokenizer):

@@ -1,9 +1,7 @@
 """Structured baselines on the same adapters: heads and FFN neurons, scored by Fisher information.
 
-Mask variables m (one per head, one per FFN neuron) scale a head's context / a neuron's activation. Their
-gradient follows from the weight gradient of the matrix they scale (O's columns of a head, FFN-out's
-column of a neuron): dL/dm = sum over those columns of W * dL/dW. So one backward pass per batch gives
-both the weight Fisher (PGB) and the mask Fisher (Kwon et al.; structured pruning).
+Mask variables m (one per head, one per FFN neuron) scale a head's context / a neuron's activation; their
+Fisher comes from the same backward pass as PGB's weight Fisher (method.importance.unit_gradients).
 """
 
 from __future__ import annotations
@@ -11,19 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters import MATRICES, adapter_for
-
-
-def unit_gradients(model: nn.Module, names: list[list[str]], grads: dict[str, torch.Tensor]) -> list[dict]:
-    """Per layer: dL/dm for head masks (heads,) and neuron masks (d_ff,) from one batch's weight grads."""
-    heads = adapter_for(model.config).num_heads(model.config)
-    out = []
-    for layer in names:
-        o, f2 = layer[MATRICES.index("o")], layer[MATRICES.index("ffn_out")]
-        go = (model.get_parameter(o) * grads[o]).sum(0)  # per context dim
-        gf = (model.get_parameter(f2) * grads[f2]).sum(0)  # per neuron
-        out.append({"head": go.view(heads, -1).sum(1), "neuron": gf})
-    return out
+from ..adapters import adapter_for
 
 
 def unit_costs(model: nn.Module) -> tuple[int, int]:

@@ -250,7 +250,9 @@ def pair_options(
                     if pa >= id_a and pb >= id_b:  # never below the unpermuted choice, matrix by matrix
                         rows, ia, ib, va, vb = p_rows, ca_p.indices, cb_p.indices, pa, pb
                 rows, ia, ib = torch.sort(rows).values, torch.sort(ia).values, torch.sort(ib).values
-                out.append((_pair_part(SA, axis_a, rows, ia, va, id_a), _pair_part(SB, axis_b, rows, ib, vb, id_b)))
+                out.append(
+                    (_pair_part(SA, axis_a, rows, ia, va, id_a), _pair_part(SB, axis_b, rows, ib, vb, id_b))
+                )
     return out
 
 
