@@ -8,6 +8,7 @@ scores and calibration data:
   no-compensation masks only
   no-layer-drop   every matrix keeps at least one block
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
+  raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--json out.json]
 """
@@ -21,8 +22,9 @@ import time
 from dataclasses import replace
 
 from pgbert import models
+from pgbert.compare import scores_and_units
 from pgbert.method.compensation import compensate
-from pgbert.method.importance import fisher_scores
+from pgbert.method.importance import unit_calibrate
 from pgbert.method.structure import flops_ratio
 from pgbert.pipeline import (
     PruneConfig,
@@ -42,6 +44,7 @@ VARIANTS = {
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
     "grouped-only": {"extra": {"no_submatrix": True}},
+    "raw-fisher": {"unit_fisher": False},
 }
 
 
@@ -63,7 +66,8 @@ def main() -> None:
     check_b = batches_of(data, check, tok, dense, base)
     names = prunable_names(dense)
     t = time.perf_counter()
-    scores = fisher_scores(dense, calib_b, [n for layer in names for n in layer])
+    raw, units = scores_and_units(dense, calib_b, names)
+    calibrated = unit_calibrate(raw, names, units)
     print(f"fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
     dense_acc = evaluate(dense, tok, data)["accuracy"]
     print(f"dense accuracy {dense_acc:.4f}")
@@ -72,6 +76,7 @@ def main() -> None:
     for s in a.sparsity:
         for v in a.variants:
             cfg = replace(base, sparsity=s, **VARIANTS[v])
+            scores = calibrated if cfg.unit_fisher else raw
             t = time.perf_counter()
             chosen, masks = masks_from_scores(scores, names, cfg)
             pruned = copy.deepcopy(dense)

@@ -62,7 +62,7 @@ class CompareConfig:
             raise PgbertError(f"--seeds must be at least 1, got {self.seeds}")
 
 
-def _scores_and_units(model: nn.Module, batches: list[dict], names: list[list[str]]):
+def scores_and_units(model: nn.Module, batches: list[dict], names: list[list[str]]):
     """One backward pass per batch gives weight Fisher saliency and the unit (head, neuron, dim) Fisher."""
     heads = adapter_for(model.config).num_heads(model.config)
     flat = [n for layer in names for n in layer]
@@ -107,7 +107,7 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
         fit_b = calib_b[: max(1, cfg.compensation_samples // cfg.batch_size)]
         t = time.perf_counter()
         torch.manual_seed(seed)
-        scores, units = _scores_and_units(dense, calib_b, names)
+        scores, units = scores_and_units(dense, calib_b, names)
         calibrated = unit_calibrate(
             scores, names, units
         )  # what `pgbert prune` uses (PruneConfig.unit_fisher)
@@ -124,6 +124,8 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
                     )
                 elif method in ("kwon", "structured-fisher"):
                     keep = (kwon.search if method == "kwon" else structured_fisher_keep)(units, dense, budget)
+                    if method == "kwon":
+                        keep = kwon.rearrange(keep, units)
                     masks = unit_masks_to_weight_masks(dense, names, keep)
                 else:
                     masks = _unstructured(scores if method.endswith("fisher") else mag, s)

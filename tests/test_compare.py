@@ -9,7 +9,7 @@ from conftest import sentiment_rows, tiny_model
 from pgbert import api
 from pgbert.baselines import kwon
 from pgbert.baselines.structured import structured_fisher_keep, unit_costs, unit_masks_to_weight_masks
-from pgbert.compare import METHODS, CompareConfig, _scores_and_units
+from pgbert.compare import METHODS, CompareConfig, scores_and_units
 from pgbert.errors import PgbertError
 from pgbert.method.importance import unit_calibrate
 from pgbert.pipeline import PruneConfig, batches_of, prunable_names
@@ -22,13 +22,19 @@ def data():
     return TaskData(get_task("sst2"), ex[:150], {"dev": ex[150:]}, ["negative", "positive"], "synthetic")
 
 
+def fisher_of(tokenizer, n: int = 64, batch_size: int = 16, layers: int = 2):
+    """A tiny BERT, its prunable names, calibration batches, weight scores and unit Fisher."""
+    model = tiny_model("bert", tokenizer, layers=layers)
+    d = data()
+    names = prunable_names(model)
+    batches = batches_of(d, d.train[:n], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=batch_size))
+    scores, units = scores_and_units(model, batches, names)
+    return model, names, batches, scores, units
+
+
 def test_unit_fisher_matches_mask_gradient(tokenizer):
     """dL/dm for a neuron mask equals sum(W * dL/dW) over the FFN-out column it scales."""
-    model = tiny_model("bert", tokenizer)
-    d = data()
-    batch = batches_of(d, d.train[:16], tokenizer, model, PruneConfig(sparsity=0.5))[0]
-    names = prunable_names(model)
-    _, units = _scores_and_units(model, [batch], names)
+    model, _, (batch,), _, units = fisher_of(tokenizer, n=16)
     lin = model.bert.encoder.layer[0].output.dense
     m = torch.ones(lin.in_features, requires_grad=True)
     h = lin.register_forward_pre_hook(lambda mod, a: (a[0] * m,))
@@ -40,10 +46,7 @@ def test_unit_fisher_matches_mask_gradient(tokenizer):
 def test_qk_unit_fisher_matches_mask_gradient(tokenizer):
     """A Q/K dim's unit gradient is half of dL/dm for a mask scaling that dim's Q and K rows (weights, not
     bias): the bilinear score term makes the derivative at m = 1 count the dim twice."""
-    model = tiny_model("bert", tokenizer)
-    d = data()
-    batch = batches_of(d, d.train[:16], tokenizer, model, PruneConfig(sparsity=0.5))[0]
-    _, units = _scores_and_units(model, [batch], prunable_names(model))
+    model, _, (batch,), _, units = fisher_of(tokenizer, n=16)
     sa = model.bert.encoder.layer[1].attention.self
     m = torch.ones(sa.query.out_features, requires_grad=True)
     hooks = [
@@ -57,11 +60,7 @@ def test_qk_unit_fisher_matches_mask_gradient(tokenizer):
 
 
 def test_unit_calibration_prices_whole_units_by_mask_fisher(tokenizer):
-    model = tiny_model("bert", tokenizer)
-    d = data()
-    names = prunable_names(model)
-    batches = batches_of(d, d.train[:64], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=16))
-    scores, units = _scores_and_units(model, batches, names)
+    model, names, _, scores, units = fisher_of(tokenizer)
     cal = unit_calibrate(scores, names, units)
     q, k, v, o, f1, f2 = names[0]
     torch.testing.assert_close(cal[f1].sum(1) + cal[f2].sum(0), units[0]["ffn"], rtol=1e-4, atol=1e-12)
@@ -74,11 +73,7 @@ def test_unit_calibration_prices_whole_units_by_mask_fisher(tokenizer):
 
 
 def test_structured_and_kwon_budgets(tokenizer):
-    model = tiny_model("bert", tokenizer)
-    d = data()
-    names = prunable_names(model)
-    batches = batches_of(d, d.train[:64], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=16))
-    _, units = _scores_and_units(model, batches, names)
+    model, names, _, _, units = fisher_of(tokenizer)
     total = sum(model.get_parameter(n).numel() for layer in names for n in layer)
     hc, nc = unit_costs(model)
     for select in (structured_fisher_keep, kwon.search):
@@ -90,11 +85,7 @@ def test_structured_and_kwon_budgets(tokenizer):
 
 
 def test_kwon_rescaling_reduces_layer_error(tokenizer):
-    dense = tiny_model("bert", tokenizer, layers=1)
-    d = data()
-    names = prunable_names(dense)
-    batches = batches_of(d, d.train[:96], tokenizer, dense, PruneConfig(sparsity=0.5, batch_size=32))
-    _, units = _scores_and_units(dense, batches, names)
+    dense, names, batches, _, units = fisher_of(tokenizer, n=96, batch_size=32, layers=1)
     keep = kwon.search(units, dense, 0.4 * sum(dense.get_parameter(n).numel() for n in names[0]))
     import copy
 
@@ -155,3 +146,18 @@ def test_compare_bad_input_fails_before_work(save_tiny, tmp_path, kw, match):
     with pytest.raises(PgbertError, match=match):
         api.compare(tmp_path / "does-not-matter", "sst2", tmp_path / "out", None, CompareConfig(**kw))
     assert not (tmp_path / "out").exists()
+
+
+def test_kwon_mask_rearrangement_uses_gradient_correlations():
+    """Units 0 and 1 look cheapest one by one, but their gradients add up; units 0 and 2 cancel."""
+    g = torch.Generator().manual_seed(0)
+    b = torch.randn(8, 1, generator=g)
+    grads = torch.cat([b, 0.9 * b, -1.05 * b, 3 * torch.randn(8, 3, generator=g)], 1)  # 6 units
+    keep = torch.ones(6, dtype=torch.bool)
+    keep[torch.argsort(grads.square().sum(0))[:2]] = False  # the diagonal choice
+    assert torch.equal(~keep, torch.tensor([True, True, False, False, False, False]))
+    new = kwon._rearrange(keep, grads)
+    assert torch.equal(~new, torch.tensor([True, False, True, False, False, False]))
+    assert kwon.estimated_loss(new, grads) < 0.01 * kwon.estimated_loss(keep, grads)
+    all_kept = torch.ones(6, dtype=torch.bool)
+    assert torch.equal(kwon._rearrange(all_kept, grads), all_kept)

@@ -4,7 +4,9 @@ same adapters (no head_mask: masks act through the weights they scale).
 1. Fisher information of head and FFN-neuron masks (diagonal, from per-batch mask gradients).
 2. Mask search under the budget: for every number of kept heads, spend the rest on neurons, keep the
    globally most important of each; take the split that keeps the most Fisher importance.
-3. Mask rearrangement: omitted here (documented deviation).
+3. Mask rearrangement: per layer, with the kept counts fixed, choose which heads / neurons to prune so
+   that the block (non-diagonal) Fisher estimate sum_b (sum over pruned units of dL_b/dm)^2 is small:
+   greedy, starting from the diagonal choice, each further unit swapped in when that lowers it.
 4. Mask rescaling: layer by layer, least squares on the kept mask values so the pruned sublayer plus its
    residual reproduces the dense one on calibration tokens; values clipped to [-10, 10], folded into the
    O / FFN-out columns.
@@ -53,6 +55,37 @@ def search(fisher: list[dict], model: nn.Module, budget: float) -> list[dict]:
         n_left -= int(kn.sum())
         keep.append({"head": kh, "neuron": kn})
     return keep
+
+
+def rearrange(keep: list[dict], units: list[dict]) -> list[dict]:
+    """Mask rearrangement (step 3) of every layer's head and neuron keep-vectors; counts are unchanged."""
+    return [
+        {k: _rearrange(kp[k], u[f"{k}.batches"]) for k in ("head", "neuron")} for kp, u in zip(keep, units)
+    ]
+
+
+def _rearrange(keep: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """keep: (units,) bool; grads: (batches, units) per-batch mask gradients."""
+    n_pruned = int((~keep).sum())
+    if n_pruned in (0, keep.numel()):
+        return keep
+    g = grads.double()
+    order = torch.argsort(g.square().sum(0)).tolist()  # least important first
+    pruned = order[:n_pruned]
+    for idx in order[n_pruned:]:
+        cand = pruned + [idx]
+        G = g[:, cand]
+        loss_without = (G.sum(1, keepdim=True) - G).square().sum(0)  # estimate if cand[j] stays kept
+        del cand[int(loss_without.argmin())]
+        pruned = cand
+    out = torch.ones_like(keep)
+    out[pruned] = False
+    return out
+
+
+def estimated_loss(keep: torch.Tensor, grads: torch.Tensor) -> float:
+    """Block-Fisher estimate of the loss increase of pruning the units not in `keep`."""
+    return float(grads.double()[:, ~keep].sum(1).square().sum())
 
 
 def _solve(ata: torch.Tensor, atb: torch.Tensor) -> torch.Tensor:

@@ -46,12 +46,15 @@ def fisher(
     names: list[str],
     unit_fn: UnitFn | None = None,
     quiet: bool = True,
+    keep_batches: tuple[str, ...] = ("head", "neuron"),
 ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]] | None]:
     """Diagonal-Fisher saliency W^2 * sum_b (dL_b/dW)^2, model in eval mode, task loss on the labels; with
-    unit_fn (weight grads -> per-layer unit gradients), also the unit Fisher sum_b (dL_b/dm)^2."""
+    unit_fn (weight grads -> per-layer unit gradients), also the unit Fisher sum_b (dL_b/dm)^2, and for the
+    kinds in keep_batches the per-batch gradients themselves as "<kind>.batches" (batches x units)."""
     params = [model.get_parameter(n) for n in names]
     acc = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     units: list[dict[str, torch.Tensor]] | None = None
+    raw: list[list[dict[str, torch.Tensor]]] = []
     was_training = model.training
     model.eval()
     for batch in tqdm(list(batches), desc="importance", disable=quiet, leave=False):
@@ -59,12 +62,14 @@ def fisher(
         for f, g in zip(acc, grads):
             f.add_(g.detach().float().square())
         if unit_fn is not None:
-            sq = [
-                {k: v.detach().float().square() for k, v in u.items()}
-                for u in unit_fn(dict(zip(names, grads)))
-            ]
+            ug = unit_fn(dict(zip(names, grads)))
+            sq = [{k: v.detach().float().square() for k, v in u.items()} for u in ug]
             units = sq if units is None else [{k: a[k] + b[k] for k in a} for a, b in zip(units, sq)]
+            raw.append([{k: u[k].detach().float() for k in keep_batches if k in u} for u in ug])
     model.train(was_training)
+    if units is not None:
+        for li, u in enumerate(units):
+            u.update({f"{k}.batches": torch.stack([r[li][k] for r in raw]) for k in raw[0][li]})
     scores = {n: p.detach().float().square() * f for n, p, f in zip(names, params, acc)}
     check_finite(scores)
     return scores, units
