@@ -37,13 +37,16 @@ class LinearStats:
         self.yy = torch.zeros(self.n_out, dtype=torch.float64)
         self.ysum = torch.zeros(self.n_out, dtype=torch.float64)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        x = torch.cat([x.double(), torch.ones(x.shape[0], 1, dtype=torch.float64)], 1)
-        y = y.double()
-        self.gram += x.T @ x
-        self.xty += x.T @ y
-        self.yy += y.square().sum(0)
-        self.ysum += y.sum(0)
+    def add(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> None:
+        # float32 products over chunks of tokens, summed in float64 (float64 matmuls are several times
+        # slower on CPU; the ridge term keeps the solve insensitive to the rounding).
+        for i in range(0, x.shape[0], chunk):
+            xc = torch.cat([x[i : i + chunk].float(), torch.ones(len(x[i : i + chunk]), 1)], 1)
+            yc = y[i : i + chunk].float()
+            self.gram += (xc.T @ xc).double()
+            self.xty += (xc.T @ yc).double()
+            self.yy += yc.double().square().sum(0)
+            self.ysum += yc.double().sum(0)
         self.count += x.shape[0]
 
 
@@ -162,8 +165,12 @@ def compensate(
         layer_report = {}
         for stage in stages:
             pmods = {k: pparts.linear(k) for k in stage}
-            _, fit_x = run_layer(p_layers[li], fit_p, pmods, "input")
-            _, chk_x = run_layer(p_layers[li], chk_p, pmods, "input")
+            if stage[0] == "q":  # Q, K and V read the layer input itself (post-LN families)
+                fit_x = {k: torch.cat([x[m] for x, _, m in fit_p]) for k in stage}
+                chk_x = {k: torch.cat([x[m] for x, _, m in chk_p]) for k in stage}
+            else:
+                _, fit_x = run_layer(p_layers[li], fit_p, pmods, "input")
+                _, chk_x = run_layer(p_layers[li], chk_p, pmods, "input")
             for k in stage:
                 lin = pmods[k]
                 name = prefix[id(lin)] + ".weight"
