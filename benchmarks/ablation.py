@@ -22,7 +22,6 @@ import time
 from dataclasses import replace
 
 from pgbert import models
-from pgbert.compare import scores_and_units
 from pgbert.method.compensation import compensate
 from pgbert.method.importance import unit_calibrate
 from pgbert.method.structure import flops_ratio
@@ -30,6 +29,7 @@ from pgbert.pipeline import (
     PruneConfig,
     batches_of,
     calibration_split,
+    fisher_and_units,
     masks_from_scores,
     prunable_names,
     task_loss,
@@ -66,7 +66,7 @@ def main() -> None:
     check_b = batches_of(data, check, tok, dense, base)
     names = prunable_names(dense)
     t = time.perf_counter()
-    raw, units = scores_and_units(dense, calib_b, names)
+    raw, units = fisher_and_units(dense, calib_b, names)
     calibrated = unit_calibrate(raw, names, units)
     print(f"fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
     dense_acc = evaluate(dense, tok, data)["accuracy"]

@@ -14,15 +14,22 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .adapters import adapter_for
 from .baselines import kwon
 from .baselines.structured import structured_fisher_keep, unit_masks_to_weight_masks
 from .bench import compare as bench_compare
 from .errors import PgbertError
 from .method.compensation import compensate
-from .method.importance import fisher, unit_calibrate, unit_gradients
+from .method.importance import unit_calibrate
 from .method.structure import flops_ratio
-from .pipeline import PruneConfig, batches_of, calibration_split, masks_from_scores, prunable_names, task_loss
+from .pipeline import (
+    PruneConfig,
+    batches_of,
+    calibration_split,
+    fisher_and_units,
+    masks_from_scores,
+    prunable_names,
+    task_loss,
+)
 from .tasks import TaskData
 from .training import TrainConfig, apply_masks, evaluate, finetune
 
@@ -60,13 +67,6 @@ class CompareConfig:
             raise PgbertError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if self.seeds < 1:
             raise PgbertError(f"--seeds must be at least 1, got {self.seeds}")
-
-
-def scores_and_units(model: nn.Module, batches: list[dict], names: list[list[str]]):
-    """One backward pass per batch gives weight Fisher saliency and the unit (head, neuron, dim) Fisher."""
-    heads = adapter_for(model.config).num_heads(model.config)
-    flat = [n for layer in names for n in layer]
-    return fisher(model, batches, flat, unit_gradients(model, names, heads))
 
 
 def _unstructured(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
@@ -107,10 +107,8 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
         fit_b = calib_b[: max(1, cfg.compensation_samples // cfg.batch_size)]
         t = time.perf_counter()
         torch.manual_seed(seed)
-        scores, units = scores_and_units(dense, calib_b, names)
-        calibrated = unit_calibrate(
-            scores, names, units
-        )  # what `pgbert prune` uses (PruneConfig.unit_fisher)
+        scores, units = fisher_and_units(dense, calib_b, names)
+        calibrated = unit_calibrate(scores, names, units)  # PGB's scores, as in `pgbert prune`
         fisher_s = time.perf_counter() - t
         mag = {n: dense.get_parameter(n).detach().abs() for n in flat}
         for s in cfg.sparsities:

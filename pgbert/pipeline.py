@@ -111,15 +111,21 @@ def task_loss(model: nn.Module, batches: list[dict]) -> float:
     return sum(losses) / sum(len(b["input_ids"]) for b in batches)
 
 
+def fisher_and_units(dense: nn.Module, batches: list[dict], names: list[list[str]], quiet: bool = True):
+    """One backward pass per batch: weight Fisher saliency and the unit (dim, neuron, head, feature) Fisher."""
+    heads = adapter_for(dense.config).num_heads(dense.config)
+    flat = [n for layer in names for n in layer]
+    return fisher(dense, batches, flat, unit_gradients(dense, names, heads), quiet=quiet)
+
+
 def pgb_scores(
     dense: nn.Module, batches: list[dict], names: list[list[str]], cfg: PruneConfig
 ) -> dict[str, torch.Tensor]:
     """Stage 1: Fisher saliency of every weight, unit-calibrated unless cfg.unit_fisher is off."""
-    flat = [n for layer in names for n in layer]
-    heads = adapter_for(dense.config).num_heads(dense.config)
-    unit_fn = unit_gradients(dense, names, heads) if cfg.unit_fisher else None
-    scores, units = fisher(dense, batches, flat, unit_fn, quiet=cfg.quiet)
-    return unit_calibrate(scores, names, units) if cfg.unit_fisher else scores
+    if not cfg.unit_fisher:
+        return fisher(dense, batches, [n for layer in names for n in layer], quiet=cfg.quiet)[0]
+    scores, units = fisher_and_units(dense, batches, names, cfg.quiet)
+    return unit_calibrate(scores, names, units)
 
 
 # Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).

@@ -9,10 +9,10 @@ from conftest import sentiment_rows, tiny_model
 from pgbert import api
 from pgbert.baselines import kwon
 from pgbert.baselines.structured import structured_fisher_keep, unit_costs, unit_masks_to_weight_masks
-from pgbert.compare import METHODS, CompareConfig, scores_and_units
+from pgbert.compare import METHODS, CompareConfig
 from pgbert.errors import PgbertError
 from pgbert.method.importance import unit_calibrate
-from pgbert.pipeline import PruneConfig, batches_of, prunable_names
+from pgbert.pipeline import PruneConfig, batches_of, fisher_and_units, prunable_names
 from pgbert.tasks import TaskData, get_task
 from pgbert.training import apply_masks
 
@@ -28,7 +28,7 @@ def fisher_of(tokenizer, n: int = 64, batch_size: int = 16, layers: int = 2):
     d = data()
     names = prunable_names(model)
     batches = batches_of(d, d.train[:n], tokenizer, model, PruneConfig(sparsity=0.5, batch_size=batch_size))
-    scores, units = scores_and_units(model, batches, names)
+    scores, units = fisher_and_units(model, batches, names)
     return model, names, batches, scores, units
 
 

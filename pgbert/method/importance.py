@@ -75,12 +75,6 @@ def fisher(
     return scores, units
 
 
-def fisher_scores(
-    model: nn.Module, batches: Iterable[dict], names: list[str], quiet: bool = True
-) -> dict[str, torch.Tensor]:
-    return fisher(model, batches, names, quiet=quiet)[0]
-
-
 def unit_gradients(model: nn.Module, names: list[list[str]], heads: int) -> UnitFn:
     """unit_fn for `fisher`: per layer, the mask gradients of every unit kind in UNIT_TERMS, plus whole
     heads ("head", the sum of a head's value dims) and FFN neurons ("neuron") for the structured baselines."""
