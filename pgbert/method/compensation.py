@@ -41,8 +41,8 @@ class LinearStats:
         # float32 products over chunks of tokens, summed in float64 (float64 matmuls are several times
         # slower on CPU; the ridge term keeps the solve insensitive to the rounding).
         for i in range(0, x.shape[0], chunk):
-            xc = torch.cat([x[i : i + chunk].float(), torch.ones(len(x[i : i + chunk]), 1)], 1)
-            yc = y[i : i + chunk].float()
+            xs, yc = x[i : i + chunk].float(), y[i : i + chunk].float()
+            xc = torch.cat([xs, torch.ones(len(xs), 1)], 1)
             self.gram += (xc.T @ xc).double()
             self.xty += (xc.T @ yc).double()
             self.yy += yc.double().square().sum(0)

@@ -82,13 +82,12 @@ def unit_gradients(model: nn.Module, names: list[list[str]], heads: int) -> Unit
     def fn(grads: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         out = []
         for layer in names:
-            by = dict(zip(MATRICES, layer))
+            wg = {m: model.get_parameter(n) * grads[n] for m, n in zip(MATRICES, layer)}  # once per matrix
             u = {
-                kind: w * sum((model.get_parameter(by[m]) * grads[by[m]]).sum(axis) for m, axis in terms)
-                for kind, (w, terms) in UNIT_TERMS.items()
+                kind: w * sum(wg[m].sum(axis) for m, axis in terms) for kind, (w, terms) in UNIT_TERMS.items()
             }
             for m, ax in SHARED_AXIS.items():  # free-axis units: one hidden feature in or out
-                u[f"free.{m}"] = (model.get_parameter(by[m]) * grads[by[m]]).sum(ax)
+                u[f"free.{m}"] = wg[m].sum(ax)
             u["head"] = u["vo"].view(heads, -1).sum(1)
             u["neuron"] = u["ffn"]
             out.append({k: v.detach() for k, v in u.items()})
