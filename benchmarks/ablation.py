@@ -9,6 +9,7 @@ scores and calibration data:
   no-layer-drop   every matrix keeps at least one block
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
+  dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--json out.json]
 """
@@ -23,7 +24,7 @@ from dataclasses import replace
 
 from pgbert import models
 from pgbert.method.compensation import compensate
-from pgbert.method.importance import unit_calibrate
+from pgbert.method.importance import head_importance, unit_calibrate
 from pgbert.method.structure import flops_ratio
 from pgbert.pipeline import (
     PruneConfig,
@@ -45,6 +46,7 @@ VARIANTS = {
     "no-layer-drop": {"allow_drop": False},
     "grouped-only": {"extra": {"no_submatrix": True}},
     "raw-fisher": {"unit_fisher": False},
+    "dim-attention": {"attention": "blocks"},
 }
 
 
@@ -68,17 +70,19 @@ def main() -> None:
     t = time.perf_counter()
     raw, units = fisher_and_units(dense, calib_b, names)
     calibrated = unit_calibrate(raw, names, units)
+    heads = dense.config.num_attention_heads
+    head_values = {True: head_importance(raw, names, heads, units), False: head_importance(raw, names, heads)}
     print(f"fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
     dense_acc = evaluate(dense, tok, data)["accuracy"]
     print(f"dense accuracy {dense_acc:.4f}")
-    heads, hidden = dense.config.num_attention_heads, dense.config.hidden_size
+    hidden = dense.config.hidden_size
     rows = []
     for s in a.sparsity:
         for v in a.variants:
             cfg = replace(base, sparsity=s, **VARIANTS[v])
             scores = calibrated if cfg.unit_fisher else raw
             t = time.perf_counter()
-            chosen, masks = masks_from_scores(scores, names, cfg)
+            chosen, masks = masks_from_scores(scores, names, cfg, head_values[cfg.unit_fisher])
             pruned = copy.deepcopy(dense)
             apply_masks(pruned, masks)
             masked = evaluate(pruned, tok, data)["accuracy"]
@@ -96,7 +100,9 @@ def main() -> None:
                 dict(zip(("q", "k", "v", "o", "ffn_in", "ffn_out"), (masks[n] for n in layer)))
                 for layer in names
             ]
-            kept = sum(o.value for o in chosen.values()) / sum(float(scores[n].sum()) for n in chosen)
+            kept = sum(float((scores[n] * masks[n]).sum()) for n in chosen) / sum(
+                float(scores[n].sum()) for n in chosen
+            )
             row = {
                 "sparsity": s,
                 "variant": v,

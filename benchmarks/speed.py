@@ -19,7 +19,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from pgbert.bench import encoder_macs, latency
 from pgbert.compact.model import to_compact
-from pgbert.method.importance import magnitude_scores
+from pgbert.method.importance import head_importance, magnitude_scores
 from pgbert.pipeline import PruneConfig, masks_from_scores, prunable_names
 from pgbert.training import apply_masks
 
@@ -70,10 +70,11 @@ def main() -> None:
     names = prunable_names(dense)
     flat = [n for layer in names for n in layer]
     scores = magnitude_scores(dense, flat)
+    head_values = head_importance(scores, names, BASE["num_attention_heads"])
     rows = []
     for s in a.sparsity:
         t = time.perf_counter()
-        chosen, masks = masks_from_scores(scores, names, PruneConfig(sparsity=s, quiet=True))
+        chosen, masks = masks_from_scores(scores, names, PruneConfig(sparsity=s, quiet=True), head_values)
         alloc_s = time.perf_counter() - t
         pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
         pruned.load_state_dict(dense.state_dict())

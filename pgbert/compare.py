@@ -19,7 +19,7 @@ from .baselines.structured import structured_fisher_keep, unit_masks_to_weight_m
 from .bench import compare as bench_compare
 from .errors import PgbertError
 from .method.compensation import compensate
-from .method.importance import unit_calibrate
+from .method.importance import head_importance, unit_calibrate
 from .method.structure import flops_ratio
 from .pipeline import (
     PruneConfig,
@@ -109,6 +109,7 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
         torch.manual_seed(seed)
         scores, units = fisher_and_units(dense, calib_b, names)
         calibrated = unit_calibrate(scores, names, units)  # PGB's scores, as in `pgbert prune`
+        head_values = head_importance(scores, names, heads, units)
         fisher_s = time.perf_counter() - t
         mag = {n: dense.get_parameter(n).detach().abs() for n in flat}
         for s in cfg.sparsities:
@@ -118,7 +119,7 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
                 pruned = copy.deepcopy(dense)
                 if method in ("pgb", "pgb-identity"):
                     _, masks = masks_from_scores(
-                        calibrated, names, replace(pcfg, sparsity=s, permute=method == "pgb")
+                        calibrated, names, replace(pcfg, sparsity=s, permute=method == "pgb"), head_values
                     )
                 elif method in ("kwon", "structured-fisher"):
                     keep = (kwon.search if method == "kwon" else structured_fisher_keep)(units, dense, budget)

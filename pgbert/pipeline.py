@@ -24,11 +24,12 @@ from .method.allocation import (
     Option,
     allocate,
     blocks_to_mask,
+    head_options,
     matrix_options,
     pair_options,
 )
 from .method.compensation import compensate
-from .method.importance import fisher, magnitude_scores, unit_calibrate, unit_gradients
+from .method.importance import fisher, head_importance, magnitude_scores, unit_calibrate, unit_gradients
 from .method.structure import flops_ratio, layer_structure
 from .tasks import TaskData
 from .tasks.features import collator_for, train_features
@@ -51,6 +52,7 @@ class PruneConfig:
     compensate: bool = True
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
+    attention: str = "heads"  # "heads": keep whole heads | "blocks": Q/K and V/O pair blocks (dims)
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     finetune_epochs: float = 1.0
     kd: bool = False
@@ -68,6 +70,8 @@ class PruneConfig:
             raise PgbertError(f"--sparsity must be in (0, 1), got {self.sparsity}")
         if self.importance not in ("fisher", "magnitude"):
             raise PgbertError(f"--importance must be fisher or magnitude, got {self.importance}")
+        if self.attention not in ("heads", "blocks"):
+            raise PgbertError(f"--attention must be heads or blocks, got {self.attention}")
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
 
@@ -120,12 +124,20 @@ def fisher_and_units(dense: nn.Module, batches: list[dict], names: list[list[str
 
 def pgb_scores(
     dense: nn.Module, batches: list[dict], names: list[list[str]], cfg: PruneConfig
-) -> dict[str, torch.Tensor]:
-    """Stage 1: Fisher saliency of every weight, unit-calibrated unless cfg.unit_fisher is off."""
-    if not cfg.unit_fisher:
-        return fisher(dense, batches, [n for layer in names for n in layer], quiet=cfg.quiet)[0]
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """Stage 1: the score of every weight (Fisher saliency, unit-calibrated unless cfg.unit_fisher is off;
+    or magnitude) and of every attention head."""
+    heads = adapter_for(dense.config).num_heads(dense.config)
+    flat = [n for layer in names for n in layer]
+    if cfg.importance == "magnitude" or not cfg.unit_fisher:
+        scores = (
+            magnitude_scores(dense, flat)
+            if cfg.importance == "magnitude"
+            else fisher(dense, batches, flat, quiet=cfg.quiet)[0]
+        )
+        return scores, head_importance(scores, names, heads)
     scores, units = fisher_and_units(dense, batches, names, cfg.quiet)
-    return unit_calibrate(scores, names, units)
+    return unit_calibrate(scores, names, units), head_importance(scores, names, heads, units)
 
 
 # Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
@@ -152,20 +164,29 @@ class Choice:
         )
 
 
-def _items(scores, names, cfg: PruneConfig) -> list[tuple[tuple[str, ...], list[Choice]]]:
-    """Knapsack items with their options: three pairs per layer (Q/K, V/O, FFN-in/out) or six matrices."""
+def _items(scores, names, cfg: PruneConfig, head_values=None) -> list[tuple[tuple[str, ...], list[Choice]]]:
+    """Knapsack items with their options: per layer, the attention heads (or the Q/K and V/O pairs) and the
+    FFN pair, or six single matrices."""
     items = []
     sub = not cfg.extra.get("no_submatrix")
-    for layer in names:
+    heads = cfg.attention == "heads" and not cfg.fixed_groups
+    if heads and head_values is None:
+        raise ValueError("attention='heads' needs head_values (pipeline.pgb_scores gives them)")
+    for li, layer in enumerate(names):
         by = dict(zip(MATRICES, layer))
+        if heads:
+            shapes = [tuple(scores[n].shape) for n in layer[:4]]
+            items.append(
+                (tuple(layer[:4]), [Choice(tuple(p)) for p in head_options(shapes, head_values[li])])
+            )
         if cfg.pairing and sub and not cfg.fixed_groups:
-            for a, b, ax, bx in PAIRS:
+            for a, b, ax, bx in PAIRS[2:] if heads else PAIRS:
                 opts = pair_options(
                     scores[by[a]], scores[by[b]], ax, bx, cfg.group_counts, permute=cfg.permute
                 )
                 items.append(((by[a], by[b]), [Choice(p) for p in opts]))
         else:
-            for n in layer:
+            for n in layer[4:] if heads else layer:
                 opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute, submatrix=sub)
                 items.append(((n,), [Choice((o,)) for o in opts]))
     for i, (item_names, choices) in enumerate(items):
@@ -180,13 +201,13 @@ def _items(scores, names, cfg: PruneConfig) -> list[tuple[tuple[str, ...], list[
 
 
 def choose_options(
-    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, quiet: bool = True
+    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, head_values=None
 ) -> dict[str, Option]:
     """Stages 2-3: grouping options per item and the knapsack choice; sublayers that drop free their
     partner matrices' budget, so allocation repeats with those forced empty."""
     total = sum(scores[n].numel() for layer in names for n in layer)
     budget = (1.0 - cfg.sparsity) * total
-    items = _items(scores, names, cfg)
+    items = _items(scores, names, cfg, head_values)
     forced: set[str] = set()
     for _ in range(4):
         cand = [
@@ -208,9 +229,15 @@ def choose_options(
     return chosen
 
 
-def masks_from_scores(scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig):
-    """Stages 2-4: grouping, allocation and the masks in original coordinates."""
-    chosen = choose_options(scores, names, cfg, quiet=cfg.quiet)
+def masks_from_scores(
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    cfg: PruneConfig,
+    head_values: list[torch.Tensor] | None = None,
+):
+    """Stages 2-4: grouping, allocation and the masks in original coordinates. head_values (per layer, one
+    importance per attention head) are needed when cfg.attention is "heads"."""
+    chosen = choose_options(scores, names, cfg, head_values)
     masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for layer in names for n in layer}
     return chosen, masks
 
@@ -223,21 +250,17 @@ def prune_model(
     torch.manual_seed(cfg.seed)
     timings: dict[str, float] = {}
     names = prunable_names(dense)
-    flat = [n for layer in names for n in layer]
     calib, check = calibration_split(data, cfg)
     calib_batches = batches_of(data, calib, tokenizer, dense, cfg)
     check_batches = batches_of(data, check, tokenizer, dense, cfg)
     metrics = {"dense": evaluate(dense, tokenizer, data, max_seq_length=cfg.max_seq_length)}
 
     t = time.perf_counter()  # 1. importance
-    if cfg.importance == "fisher":
-        scores = pgb_scores(dense, calib_batches, names, cfg)
-    else:
-        scores = magnitude_scores(dense, flat)
+    scores, head_values = pgb_scores(dense, calib_batches, names, cfg)
     timings["importance"] = time.perf_counter() - t
 
     t = time.perf_counter()  # 2-4. grouping by permutation, budget allocation, masks (re-permutation)
-    chosen, masks = masks_from_scores(scores, names, cfg)
+    chosen, masks = masks_from_scores(scores, names, cfg, head_values)
     pruned = copy.deepcopy(dense)
     apply_masks(pruned, masks)
     timings["grouping_allocation"] = time.perf_counter() - t
@@ -294,6 +317,8 @@ def build_report(dense, pruned, names, scores, chosen, masks, cfg: PruneConfig) 
     matrices = []
     for n in flat:
         o, s = chosen[n], float(scores[n].double().sum()) or 1.0
+        kept_score = float((scores[n].double() * masks[n]).sum()) / s
+        ident = kept_score * (o.identity_value / o.value if o.value else 1.0)  # whole heads: no permutation
         matrices.append(
             {
                 "name": n,
@@ -303,8 +328,8 @@ def build_report(dense, pruned, names, scores, chosen, masks, cfg: PruneConfig) 
                 "blocks_kept": o.blocks_kept,
                 "block_shape": list(o.shape),
                 "density": o.cost / scores[n].numel(),
-                "score_kept_fraction": o.value / s,
-                "score_kept_fraction_identity": o.identity_value / s,
+                "score_kept_fraction": kept_score,
+                "score_kept_fraction_identity": ident,
             }
         )
     layers = [{k: masks[n] for k, n in zip(MATRICES, layer)} for layer in names]

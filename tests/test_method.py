@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgbert.method.allocation import Option, allocate, blocks_to_mask, matrix_options
+from pgbert.method.allocation import Option, allocate, blocks_to_mask, head_options, matrix_options
 from pgbert.method.compensation import LinearStats, solve_compensation, squared_error
 from pgbert.method.grouping import balanced_assign, best_submatrix, group, identity_grouping
 
@@ -110,3 +110,20 @@ def test_compensation_recovers_exact_masked_target():
     assert bool((W[mask == 0] == 0).all())
     assert torch.allclose(b, torch.full((8,), 0.5), atol=1e-3)  # rows 6, 7: bias = mean target
     assert squared_error(W, b, st) < 1e-4 * squared_error(W0 * mask, torch.zeros(8), st)
+
+
+def test_head_options_keep_whole_heads_by_importance():
+    d, H, hd = 16, 4, 4
+    shapes = [(H * hd, d)] * 3 + [(d, H * hd)]
+    opts = head_options(shapes, torch.tensor([3.0, 1.0, 4.0, 2.0]))
+    assert len(opts) == H + 1
+    assert all(o.kind == "empty" and o.cost == 0 for o in opts[0])
+    assert all(o.kind == "dense" for o in opts[H])
+    two = opts[2]  # heads 2 and 0 (importance 4 and 3)
+    assert sum(o.value for o in two) == pytest.approx(7.0)
+    assert sum(o.cost for o in two) == 2 * 4 * d * hd
+    q = blocks_to_mask(shapes[0], two[0].blocks())
+    o = blocks_to_mask(shapes[3], two[3].blocks())
+    kept = torch.tensor([1.0] * hd + [0.0] * hd + [1.0] * hd + [0.0] * hd)
+    assert torch.equal(q, kept[:, None].expand(H * hd, d))
+    assert torch.equal(o, kept[None, :].expand(d, H * hd))

@@ -8,8 +8,9 @@ import torch
 from conftest import FAMILIES, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
+from pgbert.adapters import MATRICES
 from pgbert.errors import PgbertError
-from pgbert.pipeline import PruneConfig, prune_model
+from pgbert.pipeline import PruneConfig, masks_from_scores, prune_model
 from pgbert.tasks import DataOptions, TaskData, get_task, load_task
 from pgbert.tasks.features import collator_for, encode_examples
 from pgbert.training import apply_masks
@@ -45,7 +46,9 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
     data = sentiment()
     dense = tiny_model(family, tokenizer)
     pruned, masks, rep = prune_model(dense, tokenizer, data, fast(sparsity, compensate=False))
-    assert abs(rep["sparsity_achieved"] - sparsity) <= 0.005
+    # Never over budget; under it by at most the knapsack's step, which is coarse on these tiny models (one
+    # head is 6% of the weights, the FFN pair's smallest step 1.6%). Real sizes: test_budget_met_at_minilm_size.
+    assert -0.005 <= rep["sparsity_achieved"] - sparsity <= 0.02
     assert rep["pruned_weights_exactly_zero"]
     # outputs equal "dense weights times masks"
     ref = copy.deepcopy(dense)
@@ -55,6 +58,16 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
         assert torch.equal(ref(**batch).logits, pruned(**batch).logits)
     for m in rep["matrices"]:
         assert m["score_kept_fraction"] >= m["score_kept_fraction_identity"] * (1 - 1e-6)
+    # attention keeps whole heads: Q/K/V rows (and O columns) are all-or-nothing per head, full width
+    heads = dense.config.num_attention_heads if family != "distilbert" else dense.config.n_heads
+    for layer in range(len(rep["layers"])):
+        qkv = [masks[m["name"]] for m in rep["matrices"][6 * layer : 6 * layer + 3]]
+        o = masks[rep["matrices"][6 * layer + 3]["name"]]
+        per_head = qkv[0].view(heads, -1)
+        assert torch.equal(per_head.amin(1), per_head.amax(1))
+        assert all(torch.equal(m, qkv[0]) for m in qkv[1:]) and torch.equal(
+            o, qkv[0][:, 0][None, :].expand_as(o)
+        )
     gain = rep["permutation_gain"]
     assert gain["mean_score_kept_fraction"] > gain["mean_score_kept_fraction_identity"]
     assert 0 < rep["flops_ratio"] < 1
@@ -77,10 +90,10 @@ def test_compensation_lowers_reconstruction_error(tokenizer):
 def test_identity_grouping_ablation_and_magnitude(tokenizer):
     data = sentiment()
     dense = tiny_model("bert", tokenizer)
-    _, _, perm = prune_model(dense, tokenizer, data, fast(0.75, importance="magnitude", compensate=False))
-    _, _, ident = prune_model(
-        dense, tokenizer, data, fast(0.75, importance="magnitude", compensate=False, permute=False)
-    )
+    # attention="blocks": every matrix is grouped (with whole heads, permutation acts on the FFN only)
+    kw = dict(importance="magnitude", compensate=False, attention="blocks")
+    _, _, perm = prune_model(dense, tokenizer, data, fast(0.75, **kw))
+    _, _, ident = prune_model(dense, tokenizer, data, fast(0.75, permute=False, **kw))
     assert ident["method"] == "pgb-identity"
     assert (
         perm["permutation_gain"]["mean_score_kept_fraction"]
@@ -128,3 +141,19 @@ def test_bad_input(tokenizer, save_tiny, tmp_path):
         broken.bert.encoder.layer[0].intermediate.dense.weight[0, 0] = float("nan")
     with pytest.raises(PgbertError, match="NaN"):
         prune_model(broken, tokenizer, data, fast(0.5))
+
+
+@pytest.mark.slow
+def test_budget_met_at_minilm_size():
+    """The knapsack meets the budget to within 0.005 at the MiniLM's shapes (random scores, no model)."""
+    torch.manual_seed(0)
+    shapes = dict(
+        q=(384, 384), k=(384, 384), v=(384, 384), o=(384, 384), ffn_in=(1536, 384), ffn_out=(384, 1536)
+    )
+    names = [[f"layer{i}.{m}" for m in MATRICES] for i in range(6)]
+    scores = {n: torch.rand(shapes[m]) ** 4 for layer in names for m, n in zip(MATRICES, layer)}
+    heads = [torch.rand(12) * 30 for _ in names]
+    total = sum(s.numel() for s in scores.values())
+    for sparsity in (0.75, 0.88):
+        _, masks = masks_from_scores(scores, names, PruneConfig(sparsity=sparsity), heads)
+        assert abs(1 - sum(float(m.sum()) for m in masks.values()) / total - sparsity) <= 0.005

@@ -122,6 +122,25 @@ def _scale_along(S: torch.Tensor, axis: int, target: torch.Tensor, sums: torch.T
     return S * (scale[:, None] if axis == 0 else scale[None, :])
 
 
+def head_importance(
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    heads: int,
+    units: list[dict[str, torch.Tensor]] | None = None,
+) -> list[torch.Tensor]:
+    """Per layer, the importance of each attention head: its mask Fisher when unit Fishers are given (the
+    Fisher of a mask scaling the head's context, as in structured pruning), otherwise the summed scores of
+    its Q, K, V rows and O columns."""
+    if units is not None:
+        return [u["head"].double() for u in units]
+    out = []
+    for layer in names:
+        by = dict(zip(MATRICES, layer))
+        rows = sum(scores[by[m]].double().sum(1) for m in ("q", "k", "v")) + scores[by["o"]].double().sum(0)
+        out.append(rows.view(heads, -1).sum(1))
+    return out
+
+
 def check_finite(scores: dict[str, torch.Tensor]) -> None:
     for n, s in scores.items():
         if not torch.isfinite(s).all():
