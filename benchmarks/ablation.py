@@ -11,7 +11,7 @@ scores and calibration data:
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
 
-    python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--json out.json]
+    python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import time
 from dataclasses import replace
 
+import torch
+
 from pgbert import models
+from pgbert.adapters import MATRICES
 from pgbert.method.compensation import compensate
 from pgbert.method.importance import head_importance, unit_calibrate
 from pgbert.method.structure import flops_ratio
@@ -57,25 +61,39 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    p.add_argument("--seeds", type=int, default=1, help="calibration subsets (seed 0, 1, ...)")
     p.add_argument("--json")
     a = p.parse_args()
     data = load_task(a.task)
     tok = models.load_tokenizer(a.model)
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
-    base = PruneConfig(sparsity=0.5, calib_samples=a.calib_samples, quiet=True)
+    dense_acc = evaluate(dense, tok, data)["accuracy"]
+    print(f"dense accuracy {dense_acc:.4f}")
+    rows = [r for seed in range(a.seeds) for r in run_seed(dense, tok, data, a, seed)]
+    print("mean over seeds (masked / compensated):")
+    for s in a.sparsity:
+        for v in a.variants:
+            rs = [r for r in rows if r["sparsity"] == s and r["variant"] == v]
+            masked, comp = (statistics.mean(r[k] for r in rs) for k in ("masked", "oneshot"))
+            print(f"s={s:.2f} {v:16s} {masked:.4f} / {comp:.4f}  ({len(rs)} seeds)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"dense": dense_acc, "rows": rows}, f, indent=2)
+
+
+def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
+    base = PruneConfig(sparsity=0.5, calib_samples=a.calib_samples, quiet=True, seed=seed)
     calib, check = calibration_split(data, base)
     calib_b = batches_of(data, calib, tok, dense, base)
     check_b = batches_of(data, check, tok, dense, base)
     names = prunable_names(dense)
     t = time.perf_counter()
+    torch.manual_seed(seed)
     raw, units = fisher_and_units(dense, calib_b, names)
     calibrated = unit_calibrate(raw, names, units)
-    heads = dense.config.num_attention_heads
+    heads, hidden = dense.config.num_attention_heads, dense.config.hidden_size
     head_values = {True: head_importance(raw, names, heads, units), False: head_importance(raw, names, heads)}
-    print(f"fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
-    dense_acc = evaluate(dense, tok, data)["accuracy"]
-    print(f"dense accuracy {dense_acc:.4f}")
-    hidden = dense.config.hidden_size
+    print(f"seed {seed}: fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
     rows = []
     for s in a.sparsity:
         for v in a.variants:
@@ -87,23 +105,15 @@ def main() -> None:
             apply_masks(pruned, masks)
             masked = evaluate(pruned, tok, data)["accuracy"]
             if cfg.compensate:
-                compensate(
-                    dense,
-                    pruned,
-                    masks,
-                    calib_b[: cfg.compensation_samples // cfg.batch_size],
-                    check_b,
-                    task_loss,
-                )
+                fit_b = calib_b[: cfg.compensation_samples // cfg.batch_size]
+                compensate(dense, pruned, masks, fit_b, check_b, task_loss)
             acc = evaluate(pruned, tok, data)["accuracy"]
-            layers = [
-                dict(zip(("q", "k", "v", "o", "ffn_in", "ffn_out"), (masks[n] for n in layer)))
-                for layer in names
-            ]
+            layers = [dict(zip(MATRICES, (masks[n] for n in layer))) for layer in names]
             kept = sum(float((scores[n] * masks[n]).sum()) for n in chosen) / sum(
                 float(scores[n].sum()) for n in chosen
             )
             row = {
+                "seed": seed,
                 "sparsity": s,
                 "variant": v,
                 "masked": masked,
@@ -114,13 +124,11 @@ def main() -> None:
             }
             rows.append(row)
             print(
-                f"s={s:.2f} {v:16s} masked {masked:.4f}  compensated {acc:.4f}  score kept {kept:.3f}  "
-                f"flops {row['flops_ratio']:.3f}  {row['seconds']:.0f}s",
+                f"seed {seed} s={s:.2f} {v:16s} masked {masked:.4f}  compensated {acc:.4f}  "
+                f"score kept {kept:.3f}  flops {row['flops_ratio']:.3f}  {row['seconds']:.0f}s",
                 flush=True,
             )
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"dense": dense_acc, "rows": rows}, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":

@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-permutation", action="store_true", help="identity grouping (ablation)")
     p.add_argument("--no-compensation", action="store_true")
     p.add_argument("--no-layer-drop", action="store_true")
+    p.add_argument(
+        "--attention",
+        choices=["heads", "blocks"],
+        default="heads",
+        help="heads: keep whole attention heads (default); blocks: Q/K and V/O blocks of dims (ablation)",
+    )
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="0 skips re-finetuning")
     p.add_argument("--kd", action="store_true", help="distil from the dense model while re-finetuning")
     p.add_argument("--lr", type=float, default=5e-5)
@@ -163,6 +169,7 @@ def run(argv: list[str] | None = None) -> int:
             permute=not a.no_permutation,
             compensate=not a.no_compensation,
             allow_drop=not a.no_layer_drop,
+            attention=a.attention,
             finetune_epochs=a.finetune_epochs,
             kd=a.kd,
             lr=a.lr,

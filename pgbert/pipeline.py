@@ -164,7 +164,12 @@ class Choice:
         )
 
 
-def _items(scores, names, cfg: PruneConfig, head_values=None) -> list[tuple[tuple[str, ...], list[Choice]]]:
+def _items(
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    cfg: PruneConfig,
+    head_values: list[torch.Tensor] | None = None,
+) -> list[tuple[tuple[str, ...], list[Choice]]]:
     """Knapsack items with their options: per layer, the attention heads (or the Q/K and V/O pairs) and the
     FFN pair, or six single matrices."""
     items = []
@@ -201,7 +206,10 @@ def _items(scores, names, cfg: PruneConfig, head_values=None) -> list[tuple[tupl
 
 
 def choose_options(
-    scores: dict[str, torch.Tensor], names: list[list[str]], cfg: PruneConfig, head_values=None
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    cfg: PruneConfig,
+    head_values: list[torch.Tensor] | None = None,
 ) -> dict[str, Option]:
     """Stages 2-3: grouping options per item and the knapsack choice; sublayers that drop free their
     partner matrices' budget, so allocation repeats with those forced empty."""

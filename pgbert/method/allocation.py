@@ -5,7 +5,9 @@ Each matrix offers options "keep these blocks" with a cost (kept weights) and a 
   - grouped: a G-grouping by permutation, keep its k >= 2 best diagonal blocks;
   - submatrix: one block, a row subset x column subset of several sizes optimised directly (it
     dominates "1 block of G" because it is free to pick any rows and columns).
-Choose one option per matrix maximising total value under sum(cost) <= budget: Lagrangian bisection on
+Paired matrices (Q/K, V/O, FFN-in/out) decide their shared index set jointly (pair_options); attention
+can instead be one item per layer whose options keep whole heads (head_options, pgbert's default).
+Choose one option per item maximising total value under sum(cost) <= budget: Lagrangian bisection on
 the price of a weight, then a greedy fix-up that spends what is left, to within one block.
 Since the scores estimate loss increase, this minimises the estimated loss increase.
 """
