@@ -128,6 +128,8 @@ def test_bad_input(tokenizer, save_tiny, tmp_path):
     data = sentiment()
     with pytest.raises(PgbertError, match="sparsity must be in"):
         prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(1.0))
+    with pytest.raises(PgbertError, match="--attention must be heads or blocks"):
+        prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(0.5, attention="rows"))
     small = TaskData(data.spec, data.train[:10], data.dev, data.label_names, "tiny")
     with pytest.raises(PgbertError, match="only 10 examples"):
         prune_model(tiny_model("bert", tokenizer), tokenizer, small, fast(0.5))
