@@ -174,24 +174,24 @@ def _items(
     FFN pair, or six single matrices."""
     items = []
     sub = not cfg.extra.get("no_submatrix")
-    heads = cfg.attention == "heads" and not cfg.fixed_groups
-    if heads and head_values is None:
+    whole_heads = cfg.attention == "heads" and not cfg.fixed_groups
+    if whole_heads and head_values is None:
         raise ValueError("attention='heads' needs head_values (pipeline.pgb_scores gives them)")
     for li, layer in enumerate(names):
         by = dict(zip(MATRICES, layer))
-        if heads:
+        if whole_heads:
             shapes = [tuple(scores[n].shape) for n in layer[:4]]
             items.append(
                 (tuple(layer[:4]), [Choice(tuple(p)) for p in head_options(shapes, head_values[li])])
             )
         if cfg.pairing and sub and not cfg.fixed_groups:
-            for a, b, ax, bx in PAIRS[2:] if heads else PAIRS:
+            for a, b, ax, bx in PAIRS[2:] if whole_heads else PAIRS:
                 opts = pair_options(
                     scores[by[a]], scores[by[b]], ax, bx, cfg.group_counts, permute=cfg.permute
                 )
                 items.append(((by[a], by[b]), [Choice(p) for p in opts]))
         else:
-            for n in layer[4:] if heads else layer:
+            for n in layer[4:] if whole_heads else layer:
                 opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute, submatrix=sub)
                 items.append(((n,), [Choice((o,)) for o in opts]))
     for i, (item_names, choices) in enumerate(items):

@@ -202,9 +202,6 @@ def pair_options(
     fractions: tuple[float, ...] = FRACTIONS,
     permute: bool = True,
     align: int = 16,
-    free_a: tuple[float, ...] = PAIR_FREE_FRACTIONS,
-    free_b: tuple[float, ...] = PAIR_FREE_FRACTIONS,
-    grouped: bool = True,
 ) -> list[tuple[Option, Option]]:
     """Options for two matrices that only work together, deciding their shared index set jointly.
 
@@ -224,12 +221,12 @@ def pair_options(
         for a, b in zip(opts_a, opts_b)
         if (a.kind, a.groups, a.blocks_kept) == (b.kind, b.groups, b.blocks_kept)
     ]
-    out = [(a, b) for a, b in out if a.kind != "grouped" or (grouped and a.blocks_kept >= 2)]
+    out = [(a, b) for a, b in out if a.kind != "grouped" or a.blocks_kept >= 2]
     u = A.sum(1) + B.sum(1)
     order = torch.argsort(u, descending=True)
     ns = sorted({_round(f * n_shared, align, n_shared) for f in fractions})
-    cas = sorted({_round(f * A.shape[1], align, A.shape[1]) for f in free_a})
-    cbs = sorted({_round(f * B.shape[1], align, B.shape[1]) for f in free_b})
+    cas = sorted({_round(f * A.shape[1], align, A.shape[1]) for f in PAIR_FREE_FRACTIONS})
+    cbs = sorted({_round(f * B.shape[1], align, B.shape[1]) for f in PAIR_FREE_FRACTIONS})
     for n in ns:
         rmask = _mask(order[:n], n_shared)
         id_rows = _best_chunk(u, n)
@@ -293,10 +290,10 @@ def head_options(shapes: list[tuple[int, int]], head_value: torch.Tensor) -> lis
     V rows and O columns at full hidden width; shapes are those of Q, K, V, O. An option's value is its
     kept heads' importance, split evenly over the four matrices; h = 0 drops the attention sublayer.
 
-    Measured on the MiniLM (one-shot after compensation, seed 0): pruning dims inside heads (pair
-    sub-matrices) leaves many heads with 1-4 Q/K dims, whose attention patterns a second-order estimate
-    around the dense model cannot price; whole heads with PGB's FFN blocks reached 0.801 at 0.88 against
-    0.773 with dim-level attention."""
+    Why: pruning dims inside heads (pair sub-matrices) leaves many heads with 1-4 Q/K dims, whose
+    attention patterns a second-order estimate around the dense model cannot price. On the MiniLM, one
+    shot after compensation, 3 seeds: 0.801 vs 0.785 at 0.88, 0.859 vs 0.856 at 0.5 (whole heads vs
+    dims; benchmarks/results/ablation-attention.txt)."""
     H = head_value.numel()
     hd = shapes[0][0] // H
     order = torch.argsort(head_value.double(), descending=True, stable=True)
