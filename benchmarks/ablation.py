@@ -28,11 +28,12 @@ import torch
 from pgbert import models
 from pgbert.adapters import MATRICES
 from pgbert.method.compensation import compensate
-from pgbert.method.importance import head_importance, unit_calibrate
+from pgbert.method.importance import head_importance
 from pgbert.method.structure import flops_ratio
 from pgbert.pipeline import (
     PruneConfig,
     batches_of,
+    calibrated_scores,
     calibration_split,
     fisher_and_units,
     masks_from_scores,
@@ -90,9 +91,9 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     t = time.perf_counter()
     torch.manual_seed(seed)
     raw, units = fisher_and_units(dense, calib_b, names)
-    calibrated = unit_calibrate(raw, names, units)
     heads, hidden = dense.config.num_attention_heads, dense.config.hidden_size
-    head_values = {True: head_importance(raw, names, heads, units), False: head_importance(raw, names, heads)}
+    calibrated, unit_heads = calibrated_scores(raw, units, names, heads)
+    head_values = {True: unit_heads, False: head_importance(raw, names, heads)}  # by cfg.unit_fisher
     print(f"seed {seed}: fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
     rows = []
     for s in a.sparsity:

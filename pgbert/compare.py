@@ -19,11 +19,11 @@ from .baselines.structured import structured_fisher_keep, unit_masks_to_weight_m
 from .bench import compare as bench_compare
 from .errors import PgbertError
 from .method.compensation import compensate
-from .method.importance import head_importance, unit_calibrate
 from .method.structure import flops_ratio
 from .pipeline import (
     PruneConfig,
     batches_of,
+    calibrated_scores,
     calibration_split,
     fisher_and_units,
     masks_from_scores,
@@ -108,8 +108,7 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
         t = time.perf_counter()
         torch.manual_seed(seed)
         scores, units = fisher_and_units(dense, calib_b, names)
-        calibrated = unit_calibrate(scores, names, units)  # PGB's scores, as in `pgbert prune`
-        head_values = head_importance(scores, names, heads, units)
+        calibrated, head_values = calibrated_scores(scores, units, names, heads)  # as in `pgbert prune`
         fisher_s = time.perf_counter() - t
         mag = {n: dense.get_parameter(n).detach().abs() for n in flat}
         for s in cfg.sparsities:

@@ -137,7 +137,15 @@ def pgb_scores(
         )
         return scores, head_importance(scores, names, heads)
     scores, units = fisher_and_units(dense, batches, names, cfg.quiet)
-    return unit_calibrate(scores, names, units), head_importance(scores, names, heads, units)
+    return calibrated_scores(scores, units, names, heads)
+
+
+def calibrated_scores(
+    raw: dict[str, torch.Tensor], units: list[dict[str, torch.Tensor]], names: list[list[str]], heads: int
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """PGB's weight scores (unit-calibrated Fisher) and head scores (head-mask Fisher) from one
+    fisher_and_units pass."""
+    return unit_calibrate(raw, names, units), head_importance(raw, names, heads, units)
 
 
 # Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
