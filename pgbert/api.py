@@ -267,7 +267,7 @@ def compare(
     dense = models.load_for_task(model, task_data, require_finetuned=True).eval()
     t0 = time.perf_counter()
     rows = cmp.run(dense, tokenizer, task_data, cfg, log=(lambda *a: None) if cfg.quiet else print)
-    summary = cmp.summarise(rows)
+    summary, pairs = cmp.summarise(rows), cmp.paired(rows)
     main = task_data.spec.main_metric
     dense_score = rows[0]["dense"] if rows else float("nan")
     with atomic_run_dir(output, overwrite) as tmp:
@@ -280,10 +280,11 @@ def compare(
                 "dense": dense_score,
                 "rows": rows,
                 "summary": summary,
+                "paired": pairs,
                 "seconds": time.perf_counter() - t0,
             },
         )
-        (tmp / "results.md").write_text(cmp.markdown(summary, dense_score, main))
+        (tmp / "results.md").write_text(cmp.markdown(summary, dense_score, main, pairs))
         cmp.plot(summary, tmp / "results.png", main)
     return rows
 

@@ -201,7 +201,37 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(summary: list[dict], dense: float, metric: str) -> str:
+STRUCTURED_BASELINES = ("kwon", "structured-fisher")
+
+
+def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCTURED_BASELINES) -> list[dict]:
+    """ref minus each baseline, paired by seed (same calibration data, dev set and re-finetune budget):
+    mean and std of the per-seed differences, their signs, and a paired t-test p-value (3+ seeds)."""
+    from scipy import stats
+
+    out = []
+    for s in sorted({r["sparsity"] for r in rows}):
+        by = {(r["method"], r["seed"]): r for r in rows if r["sparsity"] == s}
+        for base in against:
+            seeds = sorted(seed for m, seed in by if m == ref and (base, seed) in by)
+            if not seeds:
+                continue
+            agg = {"method": ref, "baseline": base, "sparsity": s, "seeds": len(seeds)}
+            for k in ("oneshot", "finetuned"):
+                d = [by[ref, i][k] - by[base, i][k] for i in seeds]
+                agg[k] = statistics.mean(d)
+                agg[k + "_std"] = statistics.stdev(d) if len(d) > 1 else 0.0
+                agg[k + "_wins"] = sum(x > 0 for x in d)
+                agg[k + "_losses"] = sum(x < 0 for x in d)
+                p = float(
+                    stats.ttest_rel([by[ref, i][k] for i in seeds], [by[base, i][k] for i in seeds]).pvalue
+                )
+                agg[k + "_p"] = p if len(d) > 2 and p == p else None
+            out.append(agg)
+    return out
+
+
+def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] | None = None) -> str:
     lines = [
         f"Dense {metric}: {dense:.4f}",
         "",
@@ -214,6 +244,24 @@ def markdown(summary: list[dict], dense: float, metric: str) -> str:
             f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f} | {int(r['params_kept']):,} | {r['flops_ratio']:.3f} | "
             f"{r['speedup']:.2f}x | {r['prune_seconds']:.0f} |"
         )
+    if pairs:
+        lines += [
+            "",
+            f"PGB minus each structured baseline, paired by seed (mean ± std of the per-seed {metric} "
+            "differences; wins-ties-losses; paired t-test p):",
+            "",
+            "| vs | sparsity | one-shot | re-finetuned |",
+            "|---|---|---|---|",
+        ]
+        for r in pairs:
+            cells = []
+            for k in ("oneshot", "finetuned"):
+                ties = r["seeds"] - r[k + "_wins"] - r[k + "_losses"]
+                p = f", p {r[k + '_p']:.2f}" if r[k + "_p"] is not None else ""
+                cells.append(
+                    f"{r[k]:+.4f} ± {r[k + '_std']:.4f} ({r[k + '_wins']}-{ties}-{r[k + '_losses']}{p})"
+                )
+            lines.append(f"| {r['baseline']} | {r['sparsity']:.2f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from conftest import sentiment_rows, tiny_model
 from pgbert import api
 from pgbert.baselines import kwon
 from pgbert.baselines.structured import structured_fisher_keep, unit_costs, unit_masks_to_weight_masks
-from pgbert.compare import METHODS, CompareConfig
+from pgbert.compare import METHODS, CompareConfig, markdown, paired
 from pgbert.errors import PgbertError
 from pgbert.method.importance import unit_calibrate
 from pgbert.pipeline import PruneConfig, batches_of, fisher_and_units, prunable_names
@@ -134,6 +134,7 @@ def test_compare_writes_results(save_tiny, tmp_path, tokenizer):
     res = json.loads((out / "results.json").read_text())
     assert len(res["summary"]) == len(METHODS) and (out / "results.png").stat().st_size > 0
     assert "| pgb | 0.50 |" in (out / "results.md").read_text()
+    assert {p["baseline"] for p in res["paired"]} == {"kwon", "structured-fisher"}
     for r in rows:
         assert abs(r["sparsity_achieved"] - 0.5) < 0.06
 
@@ -161,3 +162,21 @@ def test_kwon_mask_rearrangement_uses_gradient_correlations():
     assert kwon.estimated_loss(new, grads) < 0.01 * kwon.estimated_loss(keep, grads)
     all_kept = torch.ones(6, dtype=torch.bool)
     assert torch.equal(kwon._rearrange(all_kept, grads), all_kept)
+
+
+def test_paired_differences_by_seed():
+    """PGB minus a baseline seed by seed: mean, std, wins/ties/losses, and a paired t-test from 3 seeds."""
+    acc = {"pgb": [0.80, 0.82, 0.81], "kwon": [0.78, 0.82, 0.80], "pgb-identity": [0.5, 0.5, 0.5]}
+    rows = [
+        {"method": m, "sparsity": 0.5, "seed": i, "oneshot": a, "finetuned": a + 0.01}
+        for m, accs in acc.items()
+        for i, a in enumerate(accs)
+    ]
+    (r,) = paired(rows)  # structured-fisher has no rows: skipped; pgb-identity is not a baseline here
+    assert (r["baseline"], r["seeds"]) == ("kwon", 3)
+    assert r["oneshot"] == pytest.approx(0.01) and r["oneshot_std"] == pytest.approx(0.01)
+    assert (r["oneshot_wins"], r["oneshot_losses"]) == (2, 0)
+    assert r["oneshot_p"] == pytest.approx(0.2254, abs=1e-3)  # t = 0.01 / (0.01 / sqrt 3), 2 dof
+    assert "| kwon | 0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) |" in markdown([], 0.9, "accuracy", [r])
+    two = paired([x for x in rows if x["seed"] < 2])[0]
+    assert two["seeds"] == 2 and two["oneshot_p"] is None  # too few seeds for a p-value
