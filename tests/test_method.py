@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from pgbert.method.allocation import Option, allocate, blocks_to_mask, head_options, matrix_options
+from pgbert.method.allocation import (
+    Option,
+    allocate,
+    blocks_to_mask,
+    head_options,
+    matrix_options,
+    pair_options,
+)
 from pgbert.method.compensation import LinearStats, solve_compensation, squared_error
 from pgbert.method.grouping import balanced_assign, best_submatrix, group, identity_grouping
 
@@ -64,6 +71,26 @@ def test_options_score_at_least_identity():
         mask = blocks_to_mask(tuple(S.shape), o.blocks())
         assert int(mask.sum()) == o.cost
         assert float((S * mask).sum()) == pytest.approx(o.value, rel=1e-4)
+
+
+def test_pair_options_size_neurons_in_sixteenths():
+    """An FFN pair (256 neurons) offers every multiple of 1/16 of its neurons, each also at full hidden width
+    (whole neurons, the structured case); masks match costs and values, never below no permutation."""
+    torch.manual_seed(3)
+    S_in, S_out = torch.rand(256, 64) ** 3, torch.rand(64, 256) ** 3
+    opts = pair_options(S_in, S_out, 0, 1)
+    subs = [(a, b) for a, b in opts if a.kind == "pair-submatrix"]
+    assert {a.shape[0] for a, _ in subs} == set(range(16, 257, 16))
+    whole = {a.shape[0] for a, b in subs if a.shape[1] == 64 and b.shape[0] == 64}
+    assert whole == set(range(16, 256, 16))  # 256 at full width is the dense option
+    for a, b in opts:
+        for o, S in ((a, S_in), (b, S_out)):
+            assert o.value >= o.identity_value - 1e-6
+            mask = blocks_to_mask(tuple(S.shape), o.blocks())
+            assert int(mask.sum()) == o.cost
+            assert float((S * mask).sum()) == pytest.approx(o.value, rel=1e-4)
+        if a.kind == "pair-submatrix":  # the same neurons on both sides
+            assert torch.equal(a.blocks()[0][0], b.blocks()[0][1])
 
 
 def brute_force(options, budget):

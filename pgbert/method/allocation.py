@@ -191,6 +191,11 @@ def blocks_to_mask(shape: tuple[int, int], blocks: Blocks) -> torch.Tensor:
 
 PAIRS = (("q", "k", 0, 0), ("v", "o", 0, 1), ("ffn_in", "ffn_out", 0, 1))  # A, B, shared axis of A, of B
 PAIR_FREE_FRACTIONS = (1 / 4, 1 / 2, 3 / 4, 1.0)
+# Shared-axis sizes of a pair sub-matrix (kept neurons of an FFN pair): steps of 1/16, finer than the 1/8
+# of single matrices, so the knapsack sizes the FFN about as finely as attention (one head is 1/12 of a
+# layer's) and as the neuron-by-neuron structured baseline. A superset of the 1/8 steps. Measured one-shot
+# on the MiniLM (3 seeds, after compensation): 0.865 vs 0.859 at 0.5, 0.796 vs 0.801 at 0.88.
+PAIR_SHARED_FRACTIONS = tuple(i / 16 for i in range(1, 17))
 
 
 def pair_options(
@@ -199,7 +204,7 @@ def pair_options(
     axis_a: int,
     axis_b: int,
     group_counts: tuple[int, ...] = GROUP_COUNTS,
-    fractions: tuple[float, ...] = FRACTIONS,
+    fractions: tuple[float, ...] = PAIR_SHARED_FRACTIONS,
     permute: bool = True,
     align: int = 16,
 ) -> list[tuple[Option, Option]]:
