@@ -10,6 +10,7 @@ scores and calibration data:
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
+  ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 3] [--json out.json]
 """
@@ -27,6 +28,7 @@ import torch
 
 from pgbert import models
 from pgbert.adapters import MATRICES
+from pgbert.method.allocation import FRACTIONS
 from pgbert.method.compensation import compensate
 from pgbert.method.importance import head_importance
 from pgbert.method.structure import flops_ratio
@@ -52,6 +54,7 @@ VARIANTS = {
     "grouped-only": {"extra": {"no_submatrix": True}},
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},
+    "ffn-eighths": {"extra": {"pair_fractions": FRACTIONS}},
 }
 
 

@@ -182,6 +182,7 @@ def _items(
     FFN pair, or six single matrices."""
     items = []
     sub = not cfg.extra.get("no_submatrix")
+    pair_kw = {"fractions": cfg.extra["pair_fractions"]} if "pair_fractions" in cfg.extra else {}
     whole_heads = cfg.attention == "heads" and not cfg.fixed_groups
     if whole_heads and head_values is None:
         raise ValueError("attention='heads' needs head_values (pipeline.pgb_scores gives them)")
@@ -195,7 +196,7 @@ def _items(
         if cfg.pairing and sub and not cfg.fixed_groups:
             for a, b, ax, bx in PAIRS[2:] if whole_heads else PAIRS:
                 opts = pair_options(
-                    scores[by[a]], scores[by[b]], ax, bx, cfg.group_counts, permute=cfg.permute
+                    scores[by[a]], scores[by[b]], ax, bx, cfg.group_counts, permute=cfg.permute, **pair_kw
                 )
                 items.append(((by[a], by[b]), [Choice(p) for p in opts]))
         else:
