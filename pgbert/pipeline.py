@@ -200,8 +200,9 @@ def _items(
                 )
                 items.append(((by[a], by[b]), [Choice(p) for p in opts]))
         else:
+            gc = (cfg.fixed_groups,) if cfg.fixed_groups else cfg.group_counts
             for n in layer[4:] if whole_heads else layer:
-                opts = matrix_options(scores[n], cfg.group_counts, permute=cfg.permute, submatrix=sub)
+                opts = matrix_options(scores[n], gc, permute=cfg.permute, submatrix=sub)
                 items.append(((n,), [Choice((o,)) for o in opts]))
     for i, (item_names, choices) in enumerate(items):
         if cfg.fixed_groups:
@@ -210,6 +211,11 @@ def _items(
             choices = [c for c in choices if all((o.groups, o.blocks_kept) == (G, k) for o in c.parts)]
         elif not cfg.allow_drop:
             choices = [c for c in choices if all(o.kind != "empty" for o in c.parts)]
+        if not choices:
+            raise PgbertError(
+                f"{item_names[0]} has no pruning option with fixed_groups={cfg.fixed_groups}: the group count "
+                "must divide both sides of every matrix; choose another"
+            )
         items[i] = (item_names, choices)
     return items
 

@@ -159,3 +159,20 @@ def test_budget_met_at_minilm_size():
     for sparsity in (0.75, 0.88):
         _, masks = masks_from_scores(scores, names, PruneConfig(sparsity=sparsity), heads)
         assert abs(1 - sum(float(m.sum()) for m in masks.values()) / total - sparsity) <= 0.005
+
+
+def test_fixed_groups_ablation_keeps_k_of_g_blocks():
+    """fixed_groups=G: every matrix keeps round((1-s) G) of its G permuted blocks (the no-allocation
+    ablation); a G that does not divide the matrices is a one-line error."""
+    torch.manual_seed(0)
+    shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
+    names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
+    scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
+    cfg = PruneConfig(sparsity=0.5, fixed_groups=8)  # 8 is outside the default group counts (2, 4)
+    _, masks = masks_from_scores(scores, names, cfg)
+    for n, m in masks.items():
+        assert float(m.mean()) == pytest.approx(4 / 64), n  # k = 4 blocks of 8 x 8
+        rows = m.sum(1)
+        assert set(rows.unique().tolist()) <= {0.0, m.shape[1] / 8}  # each kept row reads one block's columns
+    with pytest.raises(PgbertError, match="fixed_groups=5"):
+        masks_from_scores(scores, names, PruneConfig(sparsity=0.5, fixed_groups=5))
