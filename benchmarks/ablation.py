@@ -4,7 +4,8 @@ Variants at each sparsity, one shot (no re-finetuning, so the method itself is m
 scores and calibration data:
   full            PGB as shipped (permutation, allocation with sub-matrix options, compensation, drops)
   no-permutation  identity grouping (contiguous blocks)
-  fixed-G8        every matrix keeps round((1-s) 8) of 8 permuted blocks (no allocation)
+  uniform         every matrix keeps all G blocks of a G-grouping, G = round(1 / (1-s)): the same density
+                  everywhere (no allocation, no sub-matrices, no drops)
   no-compensation masks only
   no-layer-drop   every matrix keeps at least one block
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
@@ -48,7 +49,7 @@ from pgbert.training import apply_masks, evaluate
 VARIANTS = {
     "full": {},
     "no-permutation": {"permute": False},
-    "fixed-G8": {"fixed_groups": 8},
+    "uniform": {},  # fixed_groups set per sparsity in run_seed
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
     "grouped-only": {"extra": {"no_submatrix": True}},
@@ -102,6 +103,8 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     for s in a.sparsity:
         for v in a.variants:
             cfg = replace(base, sparsity=s, **VARIANTS[v])
+            if v == "uniform":
+                cfg = replace(cfg, fixed_groups=round(1 / (1 - s)))
             scores = calibrated if cfg.unit_fisher else raw
             t = time.perf_counter()
             chosen, masks = masks_from_scores(scores, names, cfg, head_values[cfg.unit_fisher])

@@ -48,7 +48,7 @@ class PruneConfig:
     check_samples: int = 256
     permute: bool = True  # False: identity grouping (the no-permutation ablation)
     group_counts: tuple[int, ...] = GROUP_COUNTS
-    fixed_groups: int | None = None  # ablation: every matrix keeps round((1-s) G) of G blocks
+    fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     compensate: bool = True
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
@@ -207,7 +207,7 @@ def _items(
     for i, (item_names, choices) in enumerate(items):
         if cfg.fixed_groups:
             G = cfg.fixed_groups
-            k = max(1, round((1 - cfg.sparsity) * G))
+            k = min(G, max(1, round((1 - cfg.sparsity) * G * G)))  # density k / G^2 = 1 - s where it can
             choices = [c for c in choices if all((o.groups, o.blocks_kept) == (G, k) for o in c.parts)]
         elif not cfg.allow_drop:
             choices = [c for c in choices if all(o.kind != "empty" for o in c.parts)]

@@ -162,17 +162,19 @@ def test_budget_met_at_minilm_size():
 
 
 def test_fixed_groups_ablation_keeps_k_of_g_blocks():
-    """fixed_groups=G: every matrix keeps round((1-s) G) of its G permuted blocks (the no-allocation
-    ablation); a G that does not divide the matrices is a one-line error."""
+    """fixed_groups=G: every matrix keeps k = (1-s) G^2 (at most G) of its G permuted blocks, so density 1-s
+    where a G-grouping can hold it (the no-allocation ablation); a G that does not divide the matrices is a
+    one-line error."""
     torch.manual_seed(0)
     shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
     names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
     scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
-    cfg = PruneConfig(sparsity=0.5, fixed_groups=8)  # 8 is outside the default group counts (2, 4)
-    _, masks = masks_from_scores(scores, names, cfg)
-    for n, m in masks.items():
-        assert float(m.mean()) == pytest.approx(4 / 64), n  # k = 4 blocks of 8 x 8
-        rows = m.sum(1)
-        assert set(rows.unique().tolist()) <= {0.0, m.shape[1] / 8}  # each kept row reads one block's columns
+    for s, G, density in ((0.875, 8, 1 / 8), (0.95, 8, 3 / 64), (0.5, 8, 1 / 8), (0.5, 2, 1 / 2)):
+        _, masks = masks_from_scores(
+            scores, names, PruneConfig(sparsity=s, fixed_groups=G)
+        )  # 8: not a default G
+        for n, m in masks.items():
+            assert float(m.mean()) == pytest.approx(density), (s, G, n)  # 0.5 with G=8: at most 1/8
+            assert set(m.sum(1).unique().tolist()) <= {0.0, m.shape[1] / G}  # a kept row reads one block
     with pytest.raises(PgbertError, match="fixed_groups=5"):
         masks_from_scores(scores, names, PruneConfig(sparsity=0.5, fixed_groups=5))
