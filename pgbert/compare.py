@@ -223,9 +223,7 @@ def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCT
                 agg[k + "_std"] = statistics.stdev(d) if len(d) > 1 else 0.0
                 agg[k + "_wins"] = sum(x > 0 for x in d)
                 agg[k + "_losses"] = sum(x < 0 for x in d)
-                p = float(
-                    stats.ttest_rel([by[ref, i][k] for i in seeds], [by[base, i][k] for i in seeds]).pvalue
-                )
+                p = float(stats.ttest_1samp(d, 0.0).pvalue)  # the paired t-test on the differences
                 agg[k + "_p"] = p if len(d) > 2 and p == p else None
             out.append(agg)
     return out

@@ -202,7 +202,9 @@ def _items(
         else:
             gc = (cfg.fixed_groups,) if cfg.fixed_groups else cfg.group_counts
             for n in layer[4:] if whole_heads else layer:
-                opts = matrix_options(scores[n], gc, permute=cfg.permute, submatrix=sub)
+                opts = matrix_options(
+                    scores[n], gc, permute=cfg.permute, submatrix=sub and not cfg.fixed_groups
+                )
                 items.append(((n,), [Choice((o,)) for o in opts]))
     for i, (item_names, choices) in enumerate(items):
         if cfg.fixed_groups:
