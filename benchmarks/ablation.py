@@ -29,10 +29,6 @@ import torch
 
 from pgbert import models
 from pgbert.adapters import MATRICES
-from pgbert.method.allocation import FRACTIONS
-from pgbert.method.compensation import compensate
-from pgbert.method.importance import head_importance
-from pgbert.method.structure import flops_ratio
 from pgbert.pipeline import (
     PruneConfig,
     batches_of,
@@ -43,6 +39,10 @@ from pgbert.pipeline import (
     prunable_names,
     task_loss,
 )
+from pgbert.stages.allocation import FRACTIONS
+from pgbert.stages.compensation import compensate
+from pgbert.stages.importance import head_importance
+from pgbert.stages.structure import flops_ratio
 from pgbert.tasks import load_task
 from pgbert.training import apply_masks, evaluate
 

@@ -17,10 +17,11 @@ import time
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from pgbert.adapters import prunable_names
 from pgbert.bench import encoder_macs, latency
 from pgbert.compact.model import to_compact
-from pgbert.method.importance import head_importance, magnitude_scores
-from pgbert.pipeline import PruneConfig, masks_from_scores, prunable_names
+from pgbert.stages.allocation import OptionSpace, choose_masks
+from pgbert.stages.importance import head_importance, magnitude_scores
 from pgbert.training import apply_masks
 
 BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
@@ -74,7 +75,7 @@ def main() -> None:
     rows = []
     for s in a.sparsity:
         t = time.perf_counter()
-        chosen, masks = masks_from_scores(scores, names, PruneConfig(sparsity=s, quiet=True), head_values)
+        chosen, masks = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
         alloc_s = time.perf_counter() - t
         pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
         pruned.load_state_dict(dense.state_dict())

@@ -37,8 +37,11 @@ class Adapter:
     base_attr: str  # attribute of the task model that holds the base encoder model
     layers_attr: str  # attribute path from the base model to the ModuleList of layers
     paths: dict[str, str]  # LayerParts field -> attribute path inside one layer
-    heads_attr: str
+    heads_attr: str  # config field: attention heads per layer
+    hidden_attr: str  # config field: hidden size
+    ffn_attr: str  # config field: FFN width
     act_attr: str
+    layernorm: str = "post"  # where the LayerNorms sit: "post" (x + sublayer(x), then LN)
 
     def base(self, model: nn.Module) -> nn.Module:
         return getattr(model, self.base_attr)
@@ -51,6 +54,15 @@ class Adapter:
 
     def num_heads(self, config) -> int:
         return int(getattr(config, self.heads_attr))
+
+    def hidden_size(self, config) -> int:
+        return int(getattr(config, self.hidden_attr))
+
+    def ffn_size(self, config) -> int:
+        return int(getattr(config, self.ffn_attr))
+
+    def head_size(self, config) -> int:
+        return self.hidden_size(config) // self.num_heads(config)
 
     def activation(self, config) -> str:
         return str(getattr(config, self.act_attr))
@@ -83,16 +95,21 @@ _DISTILBERT_PATHS = {
     "ffn_ln": "output_layer_norm",
 }
 
+_BERT_FIELDS = ("num_attention_heads", "hidden_size", "intermediate_size", "hidden_act")
+
 ADAPTERS: dict[str, Adapter] = {
-    "bert": Adapter("bert", "bert", "encoder.layer", _BERT_PATHS, "num_attention_heads", "hidden_act"),
-    "roberta": Adapter(
-        "roberta", "roberta", "encoder.layer", _BERT_PATHS, "num_attention_heads", "hidden_act"
-    ),
-    "electra": Adapter(
-        "electra", "electra", "encoder.layer", _BERT_PATHS, "num_attention_heads", "hidden_act"
-    ),
+    "bert": Adapter("bert", "bert", "encoder.layer", _BERT_PATHS, *_BERT_FIELDS),
+    "roberta": Adapter("roberta", "roberta", "encoder.layer", _BERT_PATHS, *_BERT_FIELDS),
+    "electra": Adapter("electra", "electra", "encoder.layer", _BERT_PATHS, *_BERT_FIELDS),
     "distilbert": Adapter(
-        "distilbert", "distilbert", "transformer.layer", _DISTILBERT_PATHS, "n_heads", "activation"
+        "distilbert",
+        "distilbert",
+        "transformer.layer",
+        _DISTILBERT_PATHS,
+        "n_heads",
+        "dim",
+        "hidden_dim",
+        "activation",
     ),
 }
 
@@ -114,3 +131,13 @@ def adapter_for(config) -> Adapter:
 def encoder_parts(model: nn.Module) -> list[LayerParts]:
     adapter = adapter_for(model.config)
     return [adapter.parts(layer) for layer in adapter.layers(model)]
+
+
+def prunable_names(model: nn.Module) -> list[list[str]]:
+    """Per layer, the parameter names of the Q, K, V, O, FFN-in and FFN-out weights (MATRICES order)."""
+    adapter = adapter_for(model.config)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [
+        [names[id(adapter.parts(layer).linear(k).weight)] for k in MATRICES]
+        for layer in adapter.layers(model)
+    ]

@@ -106,25 +106,30 @@ def _compact_and_check(pruned: nn.Module, masks: dict, tokenizer, data: TaskData
 def prune(
     model: str | Path,
     task: str,
-    sparsity: float,
+    sparsity: float | None = None,
     output: str | Path | None = None,
     data: DataOptions | TaskData | None = None,
     cfg=None,
     overwrite: bool = False,
     compact: bool = True,
 ):
-    """PGB-prune a fine-tuned model. Returns (model, report): the compact model (or, with compact=False,
-    the masked one). With `output`, DIR holds that model, `masked/` (masked model + masks) and report.json."""
+    """Prune a fine-tuned model with cfg.method (default PGB). Returns (model, report): the compact model
+    (or, with compact=False or an unstructured method, the masked one). With `output`, DIR holds that
+    model, `masked/` (masked model + masks) and report.json."""
     import torch
     from safetensors.torch import save_file
 
-    from .bench import compare
+    from .bench import measure
     from .compact.model import save
-    from .pipeline import PruneConfig, prune_model
+    from .config import PruneConfig
+    from .methods import get_method
+    from .pipeline import prune_model
 
     cfg = cfg or PruneConfig(sparsity=sparsity)
-    cfg.sparsity = sparsity
+    if sparsity is not None:
+        cfg.sparsity = sparsity
     cfg.validate()
+    compact = compact and get_method(cfg.method).structured
     if output is not None:
         check_output_dir(output, overwrite)
     task_data = data if isinstance(data, TaskData) else load_task(task, data)
@@ -135,7 +140,7 @@ def prune(
     result = pruned
     if compact:
         result, diff = _compact_and_check(pruned, masks, tokenizer, task_data, cfg.max_seq_length)
-        speed = compare(result, dense, batch_size=32, seq_len=cfg.flops_seq_len, repeats=6)
+        speed = measure(result, dense, batch_size=32, seq_len=cfg.flops_seq_len, repeats=6)
         report["compact"] = {
             "max_abs_logit_diff_vs_pruned": diff,
             "params": speed["model"]["params"],
@@ -222,7 +227,7 @@ def bench(
     repeats: int = 10,
 ) -> dict:
     """Latency of a model folder, optionally against a dense reference: speedup and FLOP limit."""
-    from .bench import compare
+    from .bench import measure
     from .errors import PgbertError
 
     if batch_size < 1 or seq_len < 1:
@@ -243,7 +248,7 @@ def bench(
 
         if not torch.cuda.is_available():
             raise PgbertError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return compare(
+    return measure(
         get(model), get(against) if against else None, batch_size, seq_len, threads, device, repeats
     )
 
@@ -257,7 +262,7 @@ def compare(
     overwrite: bool = False,
 ) -> list[dict]:
     """Run every method at every budget (and seed); write results.json, results.md and results.png."""
-    from . import compare as cmp
+    from . import comparison as cmp
 
     cfg = cfg or cmp.CompareConfig()
     cfg.validate()  # before any work
@@ -294,7 +299,7 @@ def demo(
 ) -> Path:
     """The README's main job: fine-tune the bundled MiniLM on the bundled sentiment task (cached), then
     compare PGB with the baselines at sparsity 0.5 and 0.88."""
-    from .compare import CompareConfig
+    from .comparison import CompareConfig
 
     cache = Path.home() / ".cache" / "pgbert" / "minilm-rt-sentiment"
     check_output_dir(output, overwrite)

@@ -89,7 +89,7 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def compare(
+def measure(
     model: nn.Module,
     against: nn.Module | None,
     batch_size: int,

@@ -9,10 +9,13 @@ import torch
 from conftest import FAMILIES, sentiment_rows, tiny_model
 
 from pgbert import api
+from pgbert.adapters import prunable_names
 from pgbert.bench import encoder_macs
 from pgbert.compact.model import load, save, to_compact
+from pgbert.compact.modeling_pgbert import CompactLinear
+from pgbert.config import PruneConfig
 from pgbert.errors import PgbertError
-from pgbert.pipeline import PruneConfig, prunable_names, prune_model
+from pgbert.pipeline import prune_model
 from pgbert.tasks import TaskData, get_task
 
 
@@ -37,6 +40,28 @@ def max_diff(a, b, batch):
         oa, ob = a(**batch), b(**batch)
     keys = ("start_logits", "end_logits") if hasattr(oa, "start_logits") else ("logits",)
     return max(float((getattr(oa, k) - getattr(ob, k)).abs().max()) for k in keys)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_compact_with_several_blocks_per_matrix(tokenizer, family):
+    """fixed_groups=2 at 0.5: every matrix keeps both diagonal blocks of a permuted 2-grouping; the compact
+    model runs them as one batched matmul and matches the masked model."""
+    dense = tiny_model(family, tokenizer)
+    cfg = PruneConfig(
+        sparsity=0.5,
+        fixed_groups=2,
+        calib_samples=64,
+        check_samples=32,
+        finetune_epochs=0,
+        quiet=True,
+        batch_size=16,
+    )
+    pruned, masks, _ = prune_model(dense, tokenizer, data(), cfg)
+    assert all(int(m.sum(1).max()) == m.shape[1] // 2 for m in masks.values())
+    compact = to_compact(pruned, masks)
+    blocks = [m.shape[0] for m in compact.modules() if isinstance(m, CompactLinear)]
+    assert blocks and max(blocks) == 2
+    assert max_diff(pruned, compact, inputs(tokenizer, family)) <= 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -182,5 +207,10 @@ def test_bench_reports_speedup_fields(tokenizer, tmp_path):
     apply_masks(model, masks)
     save(to_compact(model, masks), tmp_path / "c", tokenizer)
     res = api.bench(tmp_path / "c", tmp_path / "d", batch_size=2, seq_len=16, repeats=3)
-    assert res["speedup"] > 0 and res["flops_limit_speedup"] > 1
+    assert res["speedup"] == pytest.approx(res["against"]["median_ms"] / res["model"]["median_ms"])
+    # every linear keeps a 16 x 16 block: 6 x 256 of the layer's 6 x 64 x 128 / 3 weights, plus attention
+    macs_dense = 2 * (16 * (4 * 64 * 64 + 2 * 64 * 128) + 16**2 * 2 * 64)
+    macs_compact = 2 * (16 * 6 * 16 * 16 + 16**2 * 2 * 16)
+    assert (res["against"]["encoder_macs"], res["model"]["encoder_macs"]) == (macs_dense, macs_compact)
+    assert res["flops_limit_speedup"] == pytest.approx(macs_dense / macs_compact)
     assert res["environment"]["dtype"] == "float32"

@@ -4,9 +4,9 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from pgbert.bench import compare
+from pgbert.adapters import prunable_names
+from pgbert.bench import measure as compare
 from pgbert.compact.model import to_compact
-from pgbert.pipeline import prunable_names
 from pgbert.training import apply_masks
 
 pytestmark = [

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pgbert import api
-from pgbert.pipeline import PruneConfig
+from pgbert.config import PruneConfig
 from pgbert.tasks import DataOptions
 from pgbert.training import TrainConfig
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pgbert.method.allocation import (
+from pgbert.stages.allocation import (
+    InfeasibleBudget,
     Option,
     allocate,
     blocks_to_mask,
@@ -14,8 +15,8 @@ from pgbert.method.allocation import (
     matrix_options,
     pair_options,
 )
-from pgbert.method.compensation import LinearStats, solve_compensation, squared_error
-from pgbert.method.grouping import balanced_assign, best_submatrix, group, identity_grouping
+from pgbert.stages.compensation import LinearStats, solve_compensation, squared_error
+from pgbert.stages.grouping import balanced_assign, best_submatrix, group, identity_grouping
 
 
 def planted(m=48, n=32, G=4, seed=0):
@@ -94,6 +95,7 @@ def test_pair_options_size_neurons_in_sixteenths():
 
 
 def brute_force(options, budget):
+    """The exact optimum by enumeration (an oracle independent of the solver)."""
     best = -1.0
     for pick in itertools.product(*[range(len(o)) for o in options]):
         cost = sum(o[i].cost for o, i in zip(options, pick))
@@ -102,23 +104,38 @@ def brute_force(options, budget):
     return best
 
 
-def test_allocation_close_to_optimum_and_within_budget():
+def opt(cost, value):
+    return Option("x", int(cost), float(value), 0.0, 1, 1, list)
+
+
+@pytest.mark.parametrize("with_empty", [True, False])
+def test_allocation_is_optimal_and_within_budget(with_empty):
+    """Random small multiple-choice knapsacks, with and without a zero-cost option per item: the choice
+    never exceeds the budget and reaches the brute-force optimum (>= 0.99 of it; the solver is exact)."""
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for _ in range(30):
         options = []
-        for _ in range(4):
+        for _ in range(rng.integers(2, 6)):
             costs = sorted(rng.choice(np.arange(1, 40), 4, replace=False))
-            vals = np.cumsum(rng.random(4))
-            options.append(
-                [Option("empty", 0, 0.0, 0.0, 1, 0, list)]
-                + [Option("x", int(c), float(v), 0.0, 1, 1, list) for c, v in zip(costs, vals)]
-            )
-        budget = 60
+            vals = np.cumsum(rng.random(4)) * rng.choice([1e-6, 1.0, 1e4])
+            options.append(([opt(0, 0.0)] if with_empty else []) + [opt(c, v) for c, v in zip(costs, vals)])
+        cheapest = sum(min(o.cost for o in opts) for opts in options)
+        budget = int(rng.integers(cheapest, cheapest + 80))
         pick = allocate(options, budget)
         cost = sum(o[i].cost for o, i in zip(options, pick))
         value = sum(o[i].value for o, i in zip(options, pick))
         assert cost <= budget
-        assert value >= 0.85 * brute_force(options, budget)
+        assert value >= 0.99 * brute_force(options, budget)
+
+
+def test_allocation_without_a_free_option_stays_in_budget():
+    """Three items of {(cost 10, value 0.1), (19, 19)}, budget 30: only the all-cheap choice fits (the old
+    Lagrangian search returned cost 57). Below the cheapest choice the budget is refused."""
+    options = [[opt(10, 0.1), opt(19, 19)] for _ in range(3)]
+    assert allocate(options, 30) == [0, 0, 0]
+    assert sorted(allocate(options, 39)) == [0, 0, 1]
+    with pytest.raises(InfeasibleBudget, match="over the budget"):
+        allocate(options, 29)
 
 
 def test_compensation_recovers_exact_masked_target():

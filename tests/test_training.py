@@ -95,16 +95,38 @@ def test_kd_runs_and_api_writes_run_folder(tokenizer, save_tiny, tmp_path):
         json.loads((out / "metrics.json").read_text())["metrics"]["dev"]["accuracy"]
         == result["metrics"]["dev"]["accuracy"]
     )
-    teacher = tiny_model("bert", tokenizer)
-    data = load_task("classification", opts)
-    _, hist = finetune(
-        tiny_model("bert", tokenizer, seed=1),
-        tokenizer,
-        data,
-        TrainConfig(max_steps=2, kd_alpha=0.5, quiet=True),
-        teacher=teacher,
-    )
-    assert hist["steps"] == 2
+
+
+def test_kd_loss_is_tempered_kl_and_mse():
+    """KL(softmax(t/T) || softmax(s/T)) * T^2 for classes, MSE for regression; zero when they agree."""
+    from pgbert.training import _kd_loss
+
+    s, t = torch.tensor([[1.0, -1.0, 0.5]]), torch.tensor([[0.2, 0.3, -2.0]])
+    p, q = torch.softmax(t / 2, -1), torch.softmax(s / 2, -1)
+    want = float((p * (p.log() - q.log())).sum()) * 4
+    assert float(_kd_loss(s, t, "classification", 2.0)) == pytest.approx(want, rel=1e-5)
+    assert float(_kd_loss(t, t, "classification", 2.0)) == pytest.approx(0.0, abs=1e-7)
+    assert float(_kd_loss(s, t, "regression", 2.0)) == pytest.approx(float(((s - t) ** 2).mean()))
+
+
+def test_kd_teacher_steers_training(tokenizer, tmp_path):
+    """With kd_alpha > 0 the teacher changes the trained weights; with kd_alpha = 0 it is ignored."""
+    tr = tmp_path / "tr.jsonl"
+    tr.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(48)))
+    data = load_task("classification", DataOptions(train_file=str(tr), dev_file=str(tr)))
+
+    def run(alpha, teacher_seed):
+        student, _ = finetune(
+            tiny_model("bert", tokenizer, seed=1),
+            tokenizer,
+            data,
+            TrainConfig(max_steps=2, kd_alpha=alpha, quiet=True),
+            teacher=tiny_model("bert", tokenizer, seed=teacher_seed),
+        )
+        return student.classifier.weight.detach()
+
+    assert not torch.allclose(run(0.5, 2), run(0.5, 3))
+    assert torch.equal(run(0.0, 2), run(0.0, 3))
 
 
 @pytest.mark.parametrize("family", FAMILIES)

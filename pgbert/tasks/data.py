@@ -11,11 +11,12 @@ import csv
 import json
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import PgbertError
-from .specs import TaskSpec, get_task
+from .specs import TaskData, TaskSpec, get_task
+from .squad import load_squad_dir, load_squad_files, squad_from_hub
 
 BUNDLED = Path(__file__).resolve().parent.parent / "data"
 
@@ -33,28 +34,6 @@ class DataOptions:
     seed: int = 0
 
 
-@dataclass
-class TaskData:
-    spec: TaskSpec
-    train: list[dict]
-    dev: dict[str, list[dict]]
-    label_names: list[str] | None = None
-    source: str = ""
-    info: dict = field(default_factory=dict)
-
-    @property
-    def num_labels(self) -> int:
-        if self.spec.kind == "regression":
-            return 1
-        if self.spec.kind == "qa":
-            return 2
-        return len(self.label_names or [])
-
-    @property
-    def main_dev(self) -> str:
-        return next(iter(self.dev))
-
-
 def load_task(task: str, opts: DataOptions | None = None) -> TaskData:
     """Load train and dev splits of `task` from the source the options name."""
     spec = get_task(task)
@@ -62,8 +41,6 @@ def load_task(task: str, opts: DataOptions | None = None) -> TaskData:
     if opts.train_file or opts.dev_file:
         data = _from_files(spec, opts)
     elif spec.kind == "qa" and opts.data_dir:
-        from .squad import load_squad_dir
-
         data = load_squad_dir(spec, opts.data_dir)
     elif opts.data_dir or spec.name == "rt-sentiment":
         data = _from_tsv_dir(spec, Path(opts.data_dir) if opts.data_dir else BUNDLED / "rt_sentiment")
@@ -218,8 +195,6 @@ def _from_files(spec: TaskSpec, opts: DataOptions) -> TaskData:
     if not (opts.train_file and opts.dev_file):
         raise PgbertError("pass both --train-file and --dev-file")
     if spec.kind == "qa":
-        from .squad import load_squad_files
-
         return load_squad_files(spec, opts.train_file, opts.dev_file)
     defaults = spec.hub_columns or ("text", None, "label")
     text_c = opts.text_column or defaults[0]
@@ -254,8 +229,6 @@ def _from_hub(spec: TaskSpec) -> TaskData:  # pragma: no cover - needs the netwo
             "offline, pass --data-dir or --train-file/--dev-file"
         ) from None
     if spec.kind == "qa":
-        from .squad import squad_from_hub
-
         return squad_from_hub(spec, ds)
     splits = {"train": "train", **{s: s for s in spec.hub_dev}}
     label_c = spec.hub_columns[2]

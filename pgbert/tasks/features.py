@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DataCollatorWithPadding
 
-from .data import TaskData
+from .specs import TaskData
 
 
 def encode_examples(examples: list[dict], tokenizer, kind: str, max_length: int = 128) -> list[dict]:

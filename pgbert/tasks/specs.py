@@ -189,3 +189,25 @@ def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise PgbertError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: list[dict]
+    dev: dict[str, list[dict]]
+    label_names: list[str] | None = None
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_labels(self) -> int:
+        if self.spec.kind == "regression":
+            return 1
+        if self.spec.kind == "qa":
+            return 2
+        return len(self.label_names or [])
+
+    @property
+    def main_dev(self) -> str:
+        return next(iter(self.dev))

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PgbertError
-from .data import TaskData
-from .specs import TaskSpec
+from .specs import TaskData, TaskSpec
 
 
 def _parse_squad(obj, source: str) -> list[dict]:

@@ -148,3 +148,12 @@ def check_finite(scores: dict[str, torch.Tensor]) -> None:
                 f"importance scores of {n} contain NaN or inf; the model gives non-finite gradients on the "
                 "calibration data: check it with `pgbert evaluate`, or use --importance magnitude"
             )
+
+
+def fisher_and_units(
+    model: nn.Module, batches: list[dict], names: list[list[str]], heads: int, quiet: bool = True
+) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
+    """One backward pass per batch: the weight Fisher saliency and the unit (dim, neuron, head, feature)
+    Fisher, with per-batch head and neuron mask gradients."""
+    flat = [n for layer in names for n in layer]
+    return fisher(model, batches, flat, unit_gradients(model, names, heads), quiet=quiet)

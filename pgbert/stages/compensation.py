@@ -228,3 +228,11 @@ def _load(parts, state: dict) -> None:
     for k, (w, b) in state.items():
         parts.linear(k).weight.copy_(w)
         parts.linear(k).bias.copy_(b)
+
+
+@torch.no_grad()
+def task_loss(model: nn.Module, batches: list[dict]) -> float:
+    """Mean task loss over labelled batches (the compensation guard's held-out measure)."""
+    model.eval()
+    losses = [float(model(**b).loss) * len(b["input_ids"]) for b in batches]
+    return sum(losses) / sum(len(b["input_ids"]) for b in batches)

@@ -7,19 +7,19 @@ Each matrix offers options "keep these blocks" with a cost (kept weights) and a 
     dominates "1 block of G" because it is free to pick any rows and columns).
 Paired matrices (Q/K, V/O, FFN-in/out) decide their shared index set jointly (pair_options); attention
 can instead be one item per layer whose options keep whole heads (head_options, pgbert's default).
-Choose one option per item maximising total value under sum(cost) <= budget: Lagrangian bisection on
-the price of a weight, then a greedy fix-up that spends what is left, to within one block.
+Choose one option per item maximising total value under sum(cost) <= budget, exactly (a small MILP).
 Since the scores estimate loss increase, this minimises the estimated loss increase.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..adapters import MATRICES
 from .grouping import best_grid_block, best_submatrix, group, identity_grouping
 
 Blocks = list[tuple[torch.Tensor, torch.Tensor]]  # (row indices, column indices) per kept block
@@ -112,74 +112,46 @@ def _grouped_blocks(g, kept: list[int]) -> Callable[[], Blocks]:
     return make
 
 
-def allocate(options: list[list[Option]], budget: float) -> list[int]:
-    """Multiple-choice knapsack: one option index per matrix, total cost <= budget, value maximal-ish."""
-    K = max(len(o) for o in options)
-    V = np.full((len(options), K), -np.inf)
-    C = np.zeros((len(options), K))
-    for i, opts in enumerate(options):
-        V[i, : len(opts)] = [o.value for o in opts]
-        C[i, : len(opts)] = [o.cost for o in opts]
-    rows = np.arange(len(options))
+def allocate(options: list[list[Option]], budget: float, time_limit: float = 60.0) -> list[int]:
+    """Multiple-choice knapsack, solved exactly: one option index per item, total cost <= budget, total
+    value maximal (scipy.optimize.milp, HiGHS; relative gap 1e-6). A budget that even the cheapest option
+    of every item exceeds is infeasible and raises InfeasibleBudget."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    from scipy.sparse import csr_array
 
-    def choose(lam: float) -> np.ndarray:
-        return np.argmax(V - lam * C, axis=1)
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        hi = float(np.nanmax(np.where(C > 0, V / np.maximum(C, 1), 0))) * 2 + 1e-30
-    lo = 0.0
-    if C[rows, choose(lo)].sum() <= budget:
-        pick = choose(lo)
-    else:
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            if C[rows, choose(mid)].sum() > budget:
-                lo = mid
-            else:
-                hi = mid
-        pick = choose(hi)
-    # Greedy fix-up: spend the remaining budget on the best value-per-weight upgrades that fit.
-    while True:
-        left = budget - C[rows, pick].sum()
-        dC = C - C[rows, pick][:, None]
-        dV = V - V[rows, pick][:, None]
-        ok = (dC > 0) & (dC <= left) & (dV > 0)
-        if not ok.any():
-            break
-        ratio = np.where(ok, dV / np.where(ok, dC, 1), -np.inf)
-        i, j = np.unravel_index(np.argmax(ratio), ratio.shape)
-        pick[i] = j
-    for _ in range(200):  # exchanges: downgrade one matrix to pay for a better upgrade of another
-        if not _exchange(V, C, pick, budget):
-            break
-    return pick.tolist()
+    cheapest = sum(min(o.cost for o in opts) for opts in options)
+    if cheapest > budget:
+        raise InfeasibleBudget(cheapest, budget)
+    costs = np.array([o.cost for opts in options for o in opts], dtype=float)
+    values = np.array([o.value for opts in options for o in opts], dtype=float)
+    item = np.repeat(np.arange(len(options)), [len(o) for o in options])
+    scale = float(np.abs(values).max()) or 1.0
+    one_each = csr_array((np.ones(len(item)), (item, np.arange(len(item)))), shape=(len(options), len(item)))
+    res = milp(
+        -values / scale,
+        integrality=np.ones(len(item)),
+        bounds=Bounds(0, 1),
+        constraints=[
+            LinearConstraint(one_each, 1, 1),
+            LinearConstraint(costs[None, :] / max(budget, 1.0), -np.inf, budget / max(budget, 1.0)),
+        ],
+        options={"time_limit": time_limit, "mip_rel_gap": 1e-6},
+    )
+    if res.x is None:
+        raise RuntimeError(f"the knapsack solver found no solution: {res.message}")
+    x = np.round(res.x).astype(bool)
+    starts = np.concatenate([[0], np.cumsum([len(o) for o in options])])
+    pick = [int(np.flatnonzero(x[a:b])[0]) for a, b in zip(starts[:-1], starts[1:])]
+    spent = sum(opts[i].cost for opts, i in zip(options, pick))
+    if spent > budget:  # rounding of the scaled constraint; never return an over-budget choice
+        raise RuntimeError(f"knapsack choice costs {spent} > budget {budget}")
+    return pick
 
 
-def _exchange(V: np.ndarray, C: np.ndarray, pick: np.ndarray, budget: float) -> bool:
-    rows = np.arange(len(pick))
-    left = budget - C[rows, pick].sum()
-    dC, dV = C - C[rows, pick][:, None], V - V[rows, pick][:, None]
-    up = np.argwhere((dC > 0) & np.isfinite(dV) & (dV > 0))
-    down = np.argwhere((dC < 0) & np.isfinite(dV))
-    if not len(up) or not len(down):
-        return False
-    need, gain = dC[up[:, 0], up[:, 1]], dV[up[:, 0], up[:, 1]]
-    order = np.argsort(need)
-    need, gain, up = need[order], gain[order], up[order]
-    run_max = np.maximum.accumulate(gain)  # best gain among upgrades needing at most need[k]
-    best_idx = np.maximum.accumulate(np.where(gain >= run_max, np.arange(len(gain)), 0))
-    freed, loss = -dC[down[:, 0], down[:, 1]], -dV[down[:, 0], down[:, 1]]
-    k = np.searchsorted(need, left + freed, side="right") - 1
-    valid = k >= 0
-    net = np.where(valid, run_max[np.maximum(k, 0)] - loss, -np.inf)
-    for d in np.argsort(-net)[:20]:
-        if net[d] <= 1e-12:
-            return False
-        u = up[best_idx[k[d]]]
-        if u[0] != down[d][0]:
-            pick[down[d][0]], pick[u[0]] = down[d][1], u[1]
-            return True
-    return False
+class InfeasibleBudget(ValueError):
+    def __init__(self, cheapest: float, budget: float):
+        super().__init__(f"the cheapest choice keeps {cheapest:.0f} weights, over the budget of {budget:.0f}")
+        self.cheapest, self.budget = cheapest, budget
 
 
 def blocks_to_mask(shape: tuple[int, int], blocks: Blocks) -> torch.Tensor:
@@ -326,3 +298,135 @@ def head_options(shapes: list[tuple[int, int]], head_value: torch.Tensor) -> lis
             )
         out.append(parts)
     return out
+
+
+# Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
+GROUPED_EFFICIENCY = {2: 0.95, 3: 0.85, 4: 0.8, 5: 0.75, 6: 0.7, 7: 0.67, 8: 0.65}
+
+
+@dataclass
+class Choice:
+    """One knapsack option for an item (one matrix, or a pair deciding its shared index set jointly)."""
+
+    parts: tuple[Option, ...]
+
+    @property
+    def cost(self) -> int:
+        return sum(o.cost for o in self.parts)
+
+    @property
+    def value(self) -> float:
+        """Kept score, discounted for block-diagonal layouts by how fast they run (PERF.md): the knapsack
+        then takes G blocks only where they keep clearly more than one dense sub-matrix."""
+        return sum(
+            o.value * GROUPED_EFFICIENCY.get(o.blocks_kept, 0.6) if o.kind == "grouped" else o.value
+            for o in self.parts
+        )
+
+
+@dataclass(frozen=True)
+class OptionSpace:
+    """Which options the knapsack offers (PGB's defaults; each switch off is an ablation)."""
+
+    whole_heads: bool = True  # attention: one item per layer keeping h whole heads (False: Q/K, V/O pairs)
+    pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
+    submatrix: bool = True  # sub-matrix options (False: only G-groupings with k >= 2 blocks, dense, empty)
+    permute: bool = True  # False: identity grouping (contiguous blocks)
+    group_counts: tuple[int, ...] = GROUP_COUNTS
+    ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps
+    fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
+    allow_drop: bool = True  # False: every matrix keeps at least one block (no sublayer dropping)
+    head_values: list[torch.Tensor] | None = field(default=None, repr=False)  # per layer, per head
+
+
+def build_items(
+    scores: dict[str, torch.Tensor], names: list[list[str]], space: OptionSpace, sparsity: float
+) -> list[tuple[tuple[str, ...], list[Choice]]]:
+    """Knapsack items with their options: per layer, the attention heads (or the Q/K and V/O pairs) and the
+    FFN pair, or six single matrices."""
+    from ..errors import PgbertError
+
+    items = []
+    whole_heads = space.whole_heads and not space.fixed_groups
+    if whole_heads and space.head_values is None:
+        raise ValueError("whole-head attention needs head_values (one importance per head and layer)")
+    fractions = tuple(i / space.ffn_steps for i in range(1, space.ffn_steps + 1))
+    for li, layer in enumerate(names):
+        by = dict(zip(MATRICES, layer))
+        if whole_heads:
+            shapes = [tuple(scores[n].shape) for n in layer[:4]]
+            opts = head_options(shapes, space.head_values[li])
+            items.append((tuple(layer[:4]), [Choice(tuple(p)) for p in opts]))
+        if space.pairing and space.submatrix and not space.fixed_groups:
+            for a, b, ax, bx in PAIRS[2:] if whole_heads else PAIRS:
+                opts = pair_options(
+                    scores[by[a]], scores[by[b]], ax, bx, space.group_counts, fractions, space.permute
+                )
+                items.append(((by[a], by[b]), [Choice(p) for p in opts]))
+        else:
+            gc = (space.fixed_groups,) if space.fixed_groups else space.group_counts
+            for n in layer[4:] if whole_heads else layer:
+                opts = matrix_options(
+                    scores[n], gc, permute=space.permute, submatrix=space.submatrix and not space.fixed_groups
+                )
+                items.append(((n,), [Choice((o,)) for o in opts]))
+    for i, (item_names, choices) in enumerate(items):
+        if space.fixed_groups:
+            G = space.fixed_groups
+            k = min(G, max(1, round((1 - sparsity) * G * G)))  # density k / G^2 = 1 - s where it can
+            choices = [c for c in choices if all((o.groups, o.blocks_kept) == (G, k) for o in c.parts)]
+        elif not space.allow_drop:
+            choices = [c for c in choices if all(o.kind != "empty" for o in c.parts)]
+        if not choices:
+            raise PgbertError(
+                f"{item_names[0]} has no pruning option with fixed_groups={space.fixed_groups}: the group "
+                "count must divide both sides of every matrix; choose another"
+            )
+        items[i] = (item_names, choices)
+    return items
+
+
+def choose_options(
+    scores: dict[str, torch.Tensor], names: list[list[str]], space: OptionSpace, sparsity: float
+) -> dict[str, Option]:
+    """Grouping options per item and the knapsack choice under (1 - sparsity) x the prunable weights.
+    Sublayers that drop free their partner matrices' budget, so allocation repeats with those forced
+    empty (the drop loop)."""
+    from ..errors import PgbertError
+
+    total = sum(scores[n].numel() for layer in names for n in layer)
+    budget = (1.0 - sparsity) * total
+    items = build_items(scores, names, space, sparsity)
+    forced: set[str] = set()
+    for _ in range(4):
+        cand = [
+            [c for c in choices if all(o.kind == "empty" for o in c.parts)] if set(item) & forced else choices
+            for item, choices in items
+        ]
+        try:
+            pick = allocate(cand, budget)
+        except InfeasibleBudget as e:
+            raise PgbertError(
+                f"sparsity {sparsity} cannot be met: {e}; use a lower --sparsity or allow layer dropping"
+            ) from None
+        chosen = {n: o for (item, _), c, i in zip(items, cand, pick) for n, o in zip(item, c[i].parts)}
+        new = set(forced)
+        for layer in names:
+            empty = {k: chosen[n].kind == "empty" for k, n in zip(MATRICES, layer)}
+            if empty["v"] or empty["o"]:
+                new |= set(layer[:4])
+            if empty["ffn_in"] or empty["ffn_out"]:
+                new |= set(layer[4:])
+        if new == forced or not space.allow_drop:
+            break
+        forced = new
+    return chosen
+
+
+def choose_masks(
+    scores: dict[str, torch.Tensor], names: list[list[str]], space: OptionSpace, sparsity: float
+) -> tuple[dict[str, Option], dict[str, torch.Tensor]]:
+    """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation)."""
+    chosen = choose_options(scores, names, space, sparsity)
+    masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for layer in names for n in layer}
+    return chosen, masks

@@ -1,0 +1,63 @@
+"""What a pruning run is asked to do: the method, its budget, calibration, ablation switches, re-finetune."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import PgbertError
+from .stages.allocation import GROUP_COUNTS
+
+MIN_CALIB = 32
+
+
+@dataclass
+class PruneConfig:
+    sparsity: float | None = None  # pruned fraction of encoder linear weights (the CoFi convention)
+    flops_ratio: float | None = None  # kept fraction of encoder MACs (methods with a MAC budget: kwon)
+    method: str = "pgb"
+    importance: str = "fisher"  # "fisher" | "magnitude"
+    calib_samples: int = 2048
+    compensation_samples: int = 512
+    check_samples: int = 256
+    # PGB's ablation switches (all on: the method as shipped; no permutation is the method pgb-identity)
+    group_counts: tuple[int, ...] = GROUP_COUNTS
+    fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
+    compensate: bool = True
+    pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
+    unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
+    attention: str = "heads"  # "heads": keep whole heads | "blocks": Q/K and V/O pair blocks (dims)
+    allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
+    submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
+    ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
+    # re-finetuning
+    finetune_epochs: float = 1.0
+    kd: bool = False
+    kd_alpha: float = 0.5
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_seq_length: int = 128
+    seed: int = 0
+    flops_seq_len: int = 128
+    quiet: bool = False
+
+    def validate(self) -> None:
+        from .methods import METHODS, get_method
+
+        if self.method not in METHODS:
+            raise PgbertError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
+        if self.sparsity is None and self.flops_ratio is None:
+            raise PgbertError("give a budget: --sparsity S (pruned weight fraction) or --flops-ratio R")
+        if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
+            raise PgbertError(f"--sparsity must be in (0, 1), got {self.sparsity}")
+        if self.flops_ratio is not None and not 0.0 < self.flops_ratio < 1.0:
+            raise PgbertError(f"--flops-ratio must be in (0, 1), got {self.flops_ratio}")
+        if self.importance not in ("fisher", "magnitude"):
+            raise PgbertError(f"--importance must be fisher or magnitude, got {self.importance}")
+        if self.attention not in ("heads", "blocks"):
+            raise PgbertError(f"--attention must be heads or blocks, got {self.attention}")
+        if self.calib_samples < MIN_CALIB:
+            raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
+        get_method(self.method).check_budget(self)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

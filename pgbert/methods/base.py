@@ -1,0 +1,63 @@
+"""The interface every pruning method implements, and what the pipeline hands it.
+
+A method runs in three steps, each called by pgbert.pipeline (so `pgbert prune --method X` and
+`pgbert compare` run the same code):
+  importance(dense, calib, cfg)                    -> scores (budget-free: compare reuses them per budget)
+  select(dense, scores, calib, cfg)                -> Selection (0/1 weight masks for the budget in cfg)
+  update(dense, pruned, selection, scores, calib, cfg) -> report dict (in place: compensation, rescaling)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import PgbertError
+
+
+@dataclass
+class Calibration:
+    """Calibration data for one seed: the drawn training examples, their batches, the compensation subset,
+    held-out check batches (never drawn for calibration) and facts about the task."""
+
+    examples: list[dict]
+    batches: list[dict]
+    fit: list[dict]
+    check: list[dict]
+    check_examples: int
+    task_kind: str  # "classification" | "regression" | "qa"
+    dev_seq_len: float  # average tokenised length of the dev examples (Kwon et al.'s MAC sequence length)
+
+
+@dataclass
+class Selection:
+    """What a method keeps: masks on the prunable weights plus method-specific details for the report."""
+
+    masks: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    name: str = ""
+    sampling: str = "shuffle"  # calibration draw: "shuffle" (without replacement) | "with-replacement"
+    budget: str = "weights"  # "weights": --sparsity | "macs": --flops-ratio (or MACs <= 1 - --sparsity)
+    structured: bool = True  # False: masks a compact model cannot use (no speedup)
+
+    def check_budget(self, cfg) -> None:
+        if self.budget == "weights" and cfg.sparsity is None:
+            raise PgbertError(f"method {self.name} prunes to a weight budget: give --sparsity")
+
+    def importance(self, dense: nn.Module, calib: Calibration, cfg) -> Any:
+        raise NotImplementedError
+
+    def select(self, dense: nn.Module, scores: Any, calib: Calibration, cfg) -> Selection:
+        raise NotImplementedError
+
+    def update(
+        self, dense: nn.Module, pruned: nn.Module, sel: Selection, scores: Any, calib: Calibration, cfg
+    ) -> dict:
+        return {}
