@@ -19,43 +19,28 @@ scores and calibration data:
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
 from dataclasses import replace
 
-import torch
-
 from pgbert import models
-from pgbert.adapters import MATRICES
-from pgbert.pipeline import (
-    PruneConfig,
-    batches_of,
-    calibrated_scores,
-    calibration_split,
-    fisher_and_units,
-    masks_from_scores,
-    prunable_names,
-    task_loss,
-)
-from pgbert.stages.allocation import FRACTIONS
-from pgbert.stages.compensation import compensate
-from pgbert.stages.importance import head_importance
-from pgbert.stages.structure import flops_ratio
+from pgbert.config import PruneConfig
+from pgbert.methods import get_method
+from pgbert.pipeline import calibrate, prune_model
 from pgbert.tasks import load_task
-from pgbert.training import apply_masks, evaluate
+from pgbert.training import evaluate
 
 VARIANTS = {
     "full": {},
-    "no-permutation": {"permute": False},
+    "no-permutation": {"method": "pgb-identity"},
     "uniform": {},  # fixed_groups set per sparsity in run_seed
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
-    "grouped-only": {"extra": {"no_submatrix": True}},
+    "grouped-only": {"submatrix": False},
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},
-    "ffn-eighths": {"extra": {"pair_fractions": FRACTIONS}},
+    "ffn-eighths": {"ffn_steps": 8},
 }
 
 
@@ -87,52 +72,44 @@ def main() -> None:
 
 
 def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
-    base = PruneConfig(sparsity=0.5, calib_samples=a.calib_samples, quiet=True, seed=seed)
-    calib, check = calibration_split(data, base)
-    calib_b = batches_of(data, calib, tok, dense, base)
-    check_b = batches_of(data, check, tok, dense, base)
-    names = prunable_names(dense)
-    t = time.perf_counter()
-    torch.manual_seed(seed)
-    raw, units = fisher_and_units(dense, calib_b, names)
-    heads, hidden = dense.config.num_attention_heads, dense.config.hidden_size
-    calibrated, unit_heads = calibrated_scores(raw, units, names, heads)
-    head_values = {True: unit_heads, False: head_importance(raw, names, heads)}  # by cfg.unit_fisher
-    print(f"seed {seed}: fisher on {len(calib)} examples: {time.perf_counter() - t:.0f}s")
+    """Every variant at every sparsity through pipeline.prune_model (no re-finetuning), sharing the
+    calibration draw and, between variants that score alike, the importance."""
+    base = PruneConfig(
+        sparsity=a.sparsity[0], calib_samples=a.calib_samples, quiet=True, seed=seed, finetune_epochs=0
+    )
+    calib = calibrate(data, tok, dense, base, "shuffle")
+    dense_metrics = evaluate(dense, tok, data)
+    cache: dict = {}
     rows = []
     for s in a.sparsity:
         for v in a.variants:
             cfg = replace(base, sparsity=s, **VARIANTS[v])
             if v == "uniform":
                 cfg = replace(cfg, fixed_groups=round(1 / (1 - s)))
-            scores = calibrated if cfg.unit_fisher else raw
+            key = (cfg.importance, cfg.unit_fisher)
+            if key not in cache:
+                t = time.perf_counter()
+                cache[key] = (get_method(cfg.method).importance(dense, calib, cfg), time.perf_counter() - t)
+                print(
+                    f"seed {seed}: importance {key} on {len(calib.examples)} examples: {cache[key][1]:.0f}s"
+                )
             t = time.perf_counter()
-            chosen, masks = masks_from_scores(scores, names, cfg, head_values[cfg.unit_fisher])
-            pruned = copy.deepcopy(dense)
-            apply_masks(pruned, masks)
-            masked = evaluate(pruned, tok, data)["accuracy"]
-            if cfg.compensate:
-                fit_b = calib_b[: cfg.compensation_samples // cfg.batch_size]
-                compensate(dense, pruned, masks, fit_b, check_b, task_loss)
-            acc = evaluate(pruned, tok, data)["accuracy"]
-            layers = [dict(zip(MATRICES, (masks[n] for n in layer))) for layer in names]
-            kept = sum(float((scores[n] * masks[n]).sum()) for n in chosen) / sum(
-                float(scores[n].sum()) for n in chosen
-            )
+            _, _, rep = prune_model(dense, tok, data, cfg, calib, cache[key], dense_metrics)
+            m = rep["metrics"]
             row = {
                 "seed": seed,
                 "sparsity": s,
                 "variant": v,
-                "masked": masked,
-                "oneshot": acc,
-                "score_kept": kept,
-                "flops_ratio": flops_ratio(layers, heads, hidden)["flops_ratio"],
+                "masked": m["masked"]["accuracy"],
+                "oneshot": m["pruned"]["accuracy"],
+                "flops_ratio": rep["flops_ratio"],
+                "dropped": rep["dropped_sublayers"],
                 "seconds": time.perf_counter() - t,
             }
             rows.append(row)
             print(
-                f"seed {seed} s={s:.2f} {v:16s} masked {masked:.4f}  compensated {acc:.4f}  "
-                f"score kept {kept:.3f}  flops {row['flops_ratio']:.3f}  {row['seconds']:.0f}s",
+                f"seed {seed} s={s:.2f} {v:16s} masked {row['masked']:.4f}  compensated {row['oneshot']:.4f}  "
+                f"flops {row['flops_ratio']:.3f}  dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
                 flush=True,
             )
     return rows

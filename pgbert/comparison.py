@@ -134,7 +134,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     for s, m in keys:
         rs = [r for r in rows if r["sparsity"] == s and r["method"] == m]
         agg = {"method": m, "sparsity": s, "seeds": len(rs)}
-        for k in ("masked", "oneshot", "finetuned", "flops_ratio", "speedup", "prune_seconds", "params_kept"):
+        keys = ("masked", "oneshot", "finetuned", "flops_ratio", "speedup", "prune_seconds", "params_kept")
+        for k in (*keys, "sparsity_achieved"):
             vals = [r[k] for r in rs]
             agg[k] = statistics.mean(vals)
             agg[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
@@ -174,12 +175,12 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
     lines = [
         f"Dense {metric}: {dense:.4f}",
         "",
-        f"| method | sparsity | one-shot {metric} | re-finetuned {metric} | kept params | FLOPs ratio | speedup | prune time (s) |",
+        f"| method | sparsity (target / achieved) | one-shot {metric} | re-finetuned {metric} | kept params | FLOPs ratio | speedup | prune time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         lines.append(
-            f"| {r['method']} | {r['sparsity']:.2f} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | "
+            f"| {r['method']} | {r['sparsity']:.2f} / {r['sparsity_achieved']:.3f} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | "
             f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f} | {int(r['params_kept']):,} | {r['flops_ratio']:.3f} | "
             f"{r['speedup']:.2f}x | {r['prune_seconds']:.0f} |"
         )

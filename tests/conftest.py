@@ -120,3 +120,38 @@ def squad_json(n: int, seed: int = 0) -> dict:
             }
         )
     return {"version": "1.1", "data": [{"title": "t", "paragraphs": paras}]}
+
+
+def fast_config(**kw):
+    """A PruneConfig sized for tiny models: few calibration examples, no re-finetuning, quiet."""
+    from pgbert.config import PruneConfig
+
+    base = dict(
+        calib_samples=64,
+        compensation_samples=32,
+        check_samples=32,
+        finetune_epochs=0,
+        quiet=True,
+        batch_size=16,
+    )
+    return PruneConfig(**{**base, **kw})
+
+
+def hidden_error(model, ref, batches) -> float:
+    """Summed squared difference of the encoders' last hidden states on labelled batches."""
+    with torch.no_grad():
+        return sum(
+            float(
+                (
+                    model.base_model(**inputs_of(b)).last_hidden_state
+                    - ref.base_model(**inputs_of(b)).last_hidden_state
+                )
+                .square()
+                .sum()
+            )
+            for b in batches
+        )
+
+
+def inputs_of(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}

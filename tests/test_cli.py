@@ -139,3 +139,49 @@ def test_finetune_then_evaluate_cli(save_tiny, tmp_path, files, capsys):
     assert exc.value.code == 0
     metrics = json.loads(capsys.readouterr().out)
     assert 0.0 <= metrics["dev"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "extra,text",
+    [
+        (
+            ["--method", "cofi", "--sparsity", "0.5"],
+            "unknown method 'cofi'; choose from pgb, pgb-identity, kwon",
+        ),
+        (["--flops-ratio", "0.5"], "method pgb prunes to a weight budget: give --sparsity"),
+        (["--method", "kwon"], "give a budget: --sparsity S"),
+        (["--method", "kwon", "--flops-ratio", "1.2"], "--flops-ratio must be in (0, 1)"),
+    ],
+)
+def test_prune_method_and_budget_errors(save_tiny, tmp_path, files, capsys, extra, text):
+    """Method and budget are checked before any work: one line, exit 2, no output folder."""
+    out = tmp_path / "out"
+    args = ["prune", str(save_tiny()), "--task", "classification", "--train-file", str(files)]
+    capsys.readouterr()  # saving the model may print progress; only the CLI's output is checked
+    code, err = run_cli([*args, "--dev-file", str(files), "--output", str(out), "--quiet", *extra], capsys)
+    assert_error(code, err, text, out)
+
+
+def test_prune_kwon_cli_writes_run_folder(save_tiny, tmp_path, files, capsys):
+    """`pgbert prune --method kwon` goes through the same path: compact model, masks and report."""
+    out = tmp_path / "out"
+    args = ["prune", str(save_tiny()), "--task", "classification", "--train-file", str(files)]
+    args += [
+        "--dev-file",
+        str(files),
+        "--output",
+        str(out),
+        "--quiet",
+        "--method",
+        "kwon",
+        "--flops-ratio",
+        "0.5",
+    ]
+    args += ["--calib-samples", "32", "--finetune-epochs", "0", "--batch-size", "16"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["method"] == "kwon" and rep["calibration"]["sampling"] == "with-replacement"
+    assert rep["flops_ratio_at_dev_seq_len"] <= 0.5 and "tuned" in rep["compensation"]
+    assert (out / "model.safetensors").is_file() and (out / "masked" / "masks.safetensors").is_file()

@@ -6,14 +6,13 @@ import textwrap
 
 import pytest
 import torch
-from conftest import FAMILIES, sentiment_rows, tiny_model
+from conftest import FAMILIES, fast_config, sentiment_rows, tiny_model
 
 from pgbert import api
 from pgbert.adapters import prunable_names
 from pgbert.bench import encoder_macs
 from pgbert.compact.model import load, save, to_compact
 from pgbert.compact.modeling_pgbert import CompactLinear
-from pgbert.config import PruneConfig
 from pgbert.errors import PgbertError
 from pgbert.pipeline import prune_model
 from pgbert.tasks import TaskData, get_task
@@ -47,16 +46,7 @@ def test_compact_with_several_blocks_per_matrix(tokenizer, family):
     """fixed_groups=2 at 0.5: every matrix keeps both diagonal blocks of a permuted 2-grouping; the compact
     model runs them as one batched matmul and matches the masked model."""
     dense = tiny_model(family, tokenizer)
-    cfg = PruneConfig(
-        sparsity=0.5,
-        fixed_groups=2,
-        calib_samples=64,
-        check_samples=32,
-        finetune_epochs=0,
-        quiet=True,
-        batch_size=16,
-    )
-    pruned, masks, _ = prune_model(dense, tokenizer, data(), cfg)
+    pruned, masks, _ = prune_model(dense, tokenizer, data(), fast_config(sparsity=0.5, fixed_groups=2))
     assert all(int(m.sum(1).max()) == m.shape[1] // 2 for m in masks.values())
     compact = to_compact(pruned, masks)
     blocks = [m.shape[0] for m in compact.modules() if isinstance(m, CompactLinear)]
@@ -68,16 +58,7 @@ def test_compact_with_several_blocks_per_matrix(tokenizer, family):
 @pytest.mark.parametrize("sparsity", [0.5, 0.88])
 def test_compact_equals_pruned(tokenizer, family, sparsity):
     dense = tiny_model(family, tokenizer)
-    cfg = PruneConfig(
-        sparsity=sparsity,
-        calib_samples=64,
-        compensation_samples=32,
-        check_samples=32,
-        finetune_epochs=0,
-        quiet=True,
-        batch_size=16,
-    )
-    pruned, masks, _ = prune_model(dense, tokenizer, data(), cfg)
+    pruned, masks, _ = prune_model(dense, tokenizer, data(), fast_config(sparsity=sparsity))
     compact = to_compact(pruned, masks)
     assert max_diff(pruned, compact, inputs(tokenizer, family)) <= 1e-4
     assert encoder_macs(compact, 32) < encoder_macs(dense, 32)

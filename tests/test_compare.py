@@ -109,7 +109,7 @@ def test_compare_writes_results(save_tiny, tmp_path):
     assert {r["method"] for r in rows} == set(METHODS) and len(rows) == 2 * len(METHODS)
     res = json.loads((out / "results.json").read_text())
     assert len(res["summary"]) == len(METHODS) and (out / "results.png").stat().st_size > 0
-    assert "| pgb | 0.50 |" in (out / "results.md").read_text()
+    assert "| pgb | 0.50 / 0.5" in (out / "results.md").read_text()
     assert {p["baseline"] for p in res["paired"]} == {"kwon", "structured-fisher"}
     for r in rows:
         if r["method"] == "kwon":  # at PGB's FLOPs ratio (same seed), never above it

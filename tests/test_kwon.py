@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import sentiment_rows, tiny_model
+from conftest import hidden_error, sentiment_rows, tiny_model
 
 from pgbert.adapters import MATRICES, prunable_names
 from pgbert.config import PruneConfig
@@ -187,28 +187,12 @@ def test_mask_tuning_recovers_planted_scales(tokenizer):
     with torch.no_grad():
         student.bert.encoder.layer[1].attention.output.dense.weight[:, :16] *= 0.5
         student.bert.encoder.layer[1].output.dense.weight[:, :] *= 0.5
-    before = _hidden_error(student, dense, batches)
+    before = hidden_error(student, dense, batches)
     rep = kwon.rescale(dense, student, keep, keep, batches, cls_only=False)
     assert rep["stopped_at"] is None and rep["tuned"] == ["layer0.ffn", "layer1.attention", "layer1.ffn"]
     torch.testing.assert_close(_cols(student, 1)[0], _cols(dense, 1)[0], rtol=2e-3, atol=1e-4)
     # 128 neuron scales from ~800 tokens: LSMR's damping leaves some columns a few % off; the output is close
-    assert _hidden_error(student, dense, batches) < 0.01 * before
-
-
-def _hidden_error(model, ref, batches):
-    with torch.no_grad():
-        return sum(
-            float(
-                (model.bert(**_inputs(b)).last_hidden_state - ref.bert(**_inputs(b)).last_hidden_state)
-                .square()
-                .sum()
-            )
-            for b in batches
-        )
-
-
-def _inputs(b):
-    return {k: v for k, v in b.items() if k != "labels"}
+    assert hidden_error(student, dense, batches) < 0.01 * before
 
 
 def test_mask_tuning_leaves_layer0_heads(tokenizer):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, sentiment_rows, squad_json, tiny_model
+from conftest import FAMILIES, hidden_error, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
 from pgbert.adapters import MATRICES
@@ -82,22 +82,6 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
     assert {"importance", "grouping_allocation", "compensation", "finetune"} <= set(rep["timings_s"])
 
 
-def _hidden_error(model, dense, batches):
-    with torch.no_grad():
-        return sum(
-            float(
-                (model.bert(**_inputs(b)).last_hidden_state - dense.bert(**_inputs(b)).last_hidden_state)
-                .square()
-                .sum()
-            )
-            for b in batches
-        )
-
-
-def _inputs(b):
-    return {k: v for k, v in b.items() if k != "labels"}
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     """Measured on the model, not read from the report: compensation brings the encoder output closer to
@@ -115,7 +99,7 @@ def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     assert task_loss(comp, check) <= task_loss(masked, check) + 1e-6
     kept = rep["compensation"]["_check_loss"]["compensated_layers"]
     if kept:
-        assert _hidden_error(comp, dense, check) < _hidden_error(masked, dense, check)
+        assert hidden_error(comp, dense, check) < hidden_error(masked, dense, check)
     else:
         assert all(torch.equal(a, b) for a, b in zip(comp.parameters(), masked.parameters()))
     entries = {k: v for k, v in rep["compensation"].items() if not k.startswith("_")}

@@ -24,6 +24,7 @@ search does.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import numpy as np
@@ -40,6 +41,7 @@ from .base import Calibration, Method, Selection
 from .structured import unit_masks_to_weight_masks
 
 SCALE_LIMIT = 10.0
+log = logging.getLogger("pgbert")
 
 
 def mac_per_head(seq_len: float, hidden: int, head_size: int) -> float:
@@ -212,6 +214,10 @@ def rescale(
             report["tuned"].append(f"layer{li}.ffn")
         xt = xt_next
         xs, _ = run_layer(s_layers[li], xs, {}, "input")
+    if report["stopped_at"]:
+        log.info(
+            "mask tuning stopped at %s: %s; later layers keep scale 1", report["stopped_at"], report["reason"]
+        )
     return report
 
 
