@@ -148,3 +148,29 @@ def test_squad_metrics_known_values():
     m = squad_metrics({"1": "the eiffel tower", "2": "Paris France"}, ex)
     assert m["exact_match"] == 50.0
     assert m["f1"] == pytest.approx(100 * (1.0 + 0.5) / 2)  # second: precision 1/2, recall 1/2
+
+
+def test_tsv_quotes_are_text(tmp_path):
+    """A TSV sentence with a lone double quote stays one row (GLUE-style TSV: no quoting)."""
+    from pgbert.tasks import DataOptions, load_task
+
+    f = tmp_path / "t.tsv"
+    f.write_text('sentence\tlabel\nhe said "great\t1\nand it was\t0\n"bad" really\t0\n')
+    d = load_task("classification", DataOptions(train_file=str(f), dev_file=str(f), text_column="sentence"))
+    assert [e["text"] for e in d.train] == ['he said "great', "and it was", '"bad" really']
+
+
+def test_vader_benchmark_tasks_conversion():
+    """benchmarks/vader_tasks.py: binary drops zero scores and labels score > 0; the score task keeps all."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import vader_tasks
+
+    rows = vader_tasks.read_ground_truth("1\t1.5\tgood one\n2\t0.0\tmeh\n\n3\t-2.25\tbad one\n")
+    assert rows == [("good one", 1.5), ("meh", 0.0), ("bad one", -2.25)]
+    binary = vader_tasks.to_task(rows, "binary", 1)
+    assert sorted(binary["dev"] + binary["train"]) == [("bad one", "0"), ("good one", "1")]
+    score = vader_tasks.to_task(rows, "score", 1)
+    assert len(score["dev"]) == 1 and sorted(score["dev"] + score["train"])[0] == ("bad one", "-2.25")
