@@ -22,14 +22,20 @@ METHOD_NAMES = (
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument(
-        "--task", required=True, help="glue task, squad, rt-sentiment, classification or regression"
+        "--task",
+        help="glue task (sst2, mnli, ...), squad, rt-sentiment, classification or regression "
+        "(default: classification when --train-file is given)",
     )
     g.add_argument("--data-dir", help="GLUE-format TSV folder (or folder with train-v1.1.json/dev-v1.1.json)")
     g.add_argument("--train-file", help="CSV/TSV/JSON/JSONL (or SQuAD JSON) training file")
-    g.add_argument("--dev-file", help="CSV/TSV/JSON/JSONL (or SQuAD JSON) dev file")
-    g.add_argument("--text-column")
-    g.add_argument("--text-pair-column")
-    g.add_argument("--label-column")
+    g.add_argument(
+        "--dev-file", "--validation-file", dest="dev_file", help="CSV/TSV/JSON/JSONL (or SQuAD JSON) dev file"
+    )
+    g.add_argument(
+        "--text-column", help="column with the text (default: text; the GLUE column for GLUE tasks)"
+    )
+    g.add_argument("--text-pair-column", help="column with the second text of a pair task (e.g. sentence2)")
+    g.add_argument("--label-column", help="column with the label (default: label); string labels are fine")
     g.add_argument("--max-train-samples", type=int)
     g.add_argument("--max-dev-samples", type=int)
     g.add_argument("--max-seq-length", type=int, default=128)
@@ -79,22 +85,37 @@ def _train_config(a, **kw):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="pgbert", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pgbert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("finetune", help="fine-tune a BERT-family model on a task")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="finetune",
+        help="fine-tune a BERT-family model on a task",
+    )
     p.add_argument("model", help="model folder, hub id, or 'minilm' (the bundled all-MiniLM-L6-v2)")
     _data_args(p)
     _train_args(p, epochs=3.0)
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("evaluate", help="dev metrics of a fine-tuned or compact model")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="evaluate",
+        help="dev metrics of a fine-tuned or compact model",
+    )
     p.add_argument("model")
     _data_args(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("prune", help="prune a fine-tuned model (PGB by default) and export the compact model")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="prune",
+        help="prune a fine-tuned model (PGB by default) and export the compact model",
+    )
     p.add_argument("model")
     _data_args(p)
     p.add_argument("--method", default="pgb", help=f"one of {', '.join(METHOD_NAMES)}")
@@ -127,16 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("compact", help="turn a pruned (masked) model folder into a compact model")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="compact",
+        help="turn a pruned (masked) model folder into a compact model",
+    )
     p.add_argument("pruned_dir")
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("export", help="export a model folder to ONNX and check it in onnxruntime")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="export",
+        help="export a model folder to ONNX and check it in onnxruntime",
+    )
     p.add_argument("model_dir")
     p.add_argument("--onnx", required=True)
 
-    p = sub.add_parser("bench", help="latency of a model, optionally against a dense one")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="bench",
+        help="latency of a model, optionally against a dense one",
+    )
     p.add_argument("model")
     p.add_argument("--against")
     p.add_argument("--batch-size", type=int, default=32)
@@ -146,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("compare", help="PGB against the baselines at several budgets and seeds")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="compare",
+        help="PGB against the baselines at several budgets and seeds",
+    )
     p.add_argument("model")
     _data_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
@@ -158,7 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
-    p = sub.add_parser("demo", help="fine-tune the bundled MiniLM and compare methods at 0.5 and 0.88")
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="demo",
+        help="fine-tune the bundled MiniLM and compare methods at 0.5 and 0.88",
+    )
     p.add_argument("--output", default="runs/demo")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--overwrite", action="store_true")
@@ -170,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    if hasattr(a, "task") and a.task is None:
+        if not a.train_file:
+            raise PgbertError(
+                "give --task (e.g. sst2, squad, rt-sentiment), or --train-file for your own data"
+            )
+        a.task = "classification"
     from . import api
 
     api.set_quiet(a.quiet)

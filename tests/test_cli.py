@@ -185,3 +185,27 @@ def test_prune_kwon_cli_writes_run_folder(save_tiny, tmp_path, files, capsys):
     assert rep["method"] == "kwon" and rep["calibration"]["sampling"] == "with-replacement"
     assert rep["flops_ratio_at_dev_seq_len"] <= 0.5 and "tuned" in rep["compensation"]
     assert (out / "model.safetensors").is_file() and (out / "masked" / "masks.safetensors").is_file()
+
+
+def test_help_and_version_do_not_import_torch():
+    """`pgbert --help` / `--version` parse arguments before torch and transformers are imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom pgbert.cli import build_parser\nbuild_parser()\n"
+        "import pgbert\nprint(pgbert.__version__, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0.1.0", "False", "False"]
+    ver = subprocess.run([sys.executable, "-m", "pgbert", "--version"], capture_output=True, text=True)
+    assert ver.returncode == 0 and ver.stdout.strip() == "pgbert 0.1.0"
+
+
+def test_task_defaults_to_classification_with_files_and_validation_file_alias(capsys):
+    from pgbert.cli import build_parser
+
+    a = build_parser().parse_args(["evaluate", "m", "--train-file", "t.csv", "--validation-file", "d.csv"])
+    assert (a.task, a.dev_file) == (None, "d.csv")  # run() then sets classification
+    code, err = run_cli(["evaluate", "m", "--quiet"], capsys)
+    assert_error(code, err, "give --task")
