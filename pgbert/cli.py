@@ -47,7 +47,12 @@ def _train_args(p: argparse.ArgumentParser, epochs: float) -> None:
     g.add_argument("--lr", type=float, default=5e-5)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--eval-steps", type=int)
+    g.add_argument(
+        "--eval-steps",
+        type=int,
+        help="evaluate on the dev split every N steps (default: once per epoch); the best check is kept "
+        "(main metric, ties to the lower dev loss)",
+    )
     g.add_argument("--patience", type=int)
     g.add_argument("--max-steps", type=int)
 

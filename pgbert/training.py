@@ -86,7 +86,8 @@ def finetune(
     masks: dict[str, torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, dict]:
-    """Train on data.train, evaluate on the main dev split, keep the best checkpoint.
+    """Train on data.train, evaluate on the main dev split, keep the best checkpoint (highest main metric;
+    ties, common on small or easy dev sets, go to the lower dev loss, then to the later step).
 
     masks: parameter name -> 0/1 tensor held fixed (pruned weights stay exactly zero).
     teacher: dense model to distil from (logit KL at cfg.kd_temperature, weight cfg.kd_alpha).
@@ -121,7 +122,7 @@ def finetune(
     use_kd = teacher is not None and cfg.kd_alpha > 0
     eval_every = cfg.eval_steps or steps_per_epoch
     history: dict = {"evals": [], "config": cfg.to_dict(), "steps": 0}
-    best, best_state, bad = -math.inf, None, 0
+    best, best_loss, best_state, bad = -math.inf, math.inf, None, 0
     bar = tqdm(total=total, desc="fine-tune", disable=cfg.quiet or not acc.is_local_main_process, leave=False)
     t0, step, done = time.perf_counter(), 0, False
     while not done:
@@ -159,8 +160,9 @@ def finetune(
                 score = metrics[data.spec.main_metric]
                 history["evals"].append({"step": step, **metrics})
                 log.info("step %d dev %s", step, metrics)
-                if score > best:
-                    best, bad = score, 0
+                loss_now = metrics.get("loss", math.inf)
+                if improves(score, loss_now, best, best_loss):
+                    best, best_loss, bad = score, loss_now, 0
                     best_state = copy.deepcopy(acc.unwrap_model(model).state_dict())
                 else:
                     bad += 1
@@ -180,6 +182,11 @@ def finetune(
         steps=step, train_seconds=time.perf_counter() - t0, best=best, num_processes=acc.num_processes
     )
     return model, history
+
+
+def improves(score: float, loss: float, best: float, best_loss: float) -> bool:
+    """A dev check beats the best so far: a higher main metric, or the same with a dev loss no higher."""
+    return score > best or (score == best and loss <= best_loss)
 
 
 def _logit_keys(kind: str) -> tuple[str, ...]:

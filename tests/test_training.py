@@ -165,3 +165,14 @@ def test_every_task_type_runs_on_every_family(tokenizer, family, tmp_path):
         tiny_model(family, tokenizer, qa=True), tokenizer, qa, TrainConfig(max_steps=2, quiet=True)
     )
     assert set(evaluate(m, tokenizer, qa)) == {"exact_match", "f1"}
+
+
+def test_best_checkpoint_breaks_metric_ties_by_dev_loss():
+    """Equal dev accuracy: the check with the lower dev loss wins (a later one with equal loss too)."""
+    from pgbert.training import improves
+
+    assert improves(0.9, 0.5, 0.8, 0.1)  # higher metric wins whatever the loss
+    assert improves(0.9, 0.3, 0.9, 0.4)  # tie: lower loss wins
+    assert not improves(0.9, 0.5, 0.9, 0.4)  # tie: higher loss loses (the old rule kept the earliest)
+    assert improves(0.9, 0.4, 0.9, 0.4)
+    assert not improves(0.8, 0.0, 0.9, 0.4)
