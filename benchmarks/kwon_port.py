@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--task", default="rt-sentiment")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", default=["old", "+draw", "+mac", "+tuning", "dense-teacher"])
     p.add_argument("--json")
     a = p.parse_args()
     data = load_task(a.task)
@@ -75,6 +76,8 @@ def main() -> None:
 
     def record(s, variant, keep, tune, *args):
         """Masks from `keep`, then tune(dense, pruned, keep, *args) rescales the pruned model in place."""
+        if variant not in a.variants:
+            return
         masks = unit_masks_to_weight_masks(dense, names, keep)
         pruned = copy.deepcopy(dense)
         apply_masks(pruned, masks)

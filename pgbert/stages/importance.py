@@ -26,7 +26,7 @@ from ..errors import PgbertError
 
 UnitFn = Callable[[dict[str, torch.Tensor]], list[dict[str, torch.Tensor]]]
 
-# Shared axis of each knapsack pair (pipeline.PAIRS): which matrices' W * grad sums give its unit gradient.
+# Shared axis of each knapsack pair (stages.allocation.PAIRS): which matrices' W * grad sums give its unit gradient.
 # V/O and FFN units act only through O's / FFN-out's columns (removing them removes the unit exactly).
 # A Q/K dim acts through both Q and K rows, and its score term is bilinear (m^2 q k under a joint mask),
 # so the derivative at m = 1 counts it twice: the unit gradient is half the Q and K terms (exact when
