@@ -4,11 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, hidden_error, sentiment_rows, squad_json, tiny_model
+from conftest import FAMILIES, fast_config, hidden_error, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
 from pgbert.adapters import MATRICES
-from pgbert.config import PruneConfig
 from pgbert.errors import PgbertError
 from pgbert.pipeline import calibrate, prune_model
 from pgbert.stages.allocation import OptionSpace, choose_masks
@@ -23,17 +22,7 @@ def sentiment(n=200):
 
 
 def fast(sparsity, **kw):
-    base = dict(
-        sparsity=sparsity,
-        calib_samples=96,
-        compensation_samples=64,
-        check_samples=32,
-        finetune_epochs=0,
-        quiet=True,
-        batch_size=16,
-    )
-    base.update(kw)
-    return PruneConfig(**base)
+    return fast_config(**{"sparsity": sparsity, "calib_samples": 96, "compensation_samples": 64, **kw})
 
 
 def batch_for(model, tokenizer, data):
