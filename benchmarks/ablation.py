@@ -8,6 +8,9 @@ scores and calibration data:
                   everywhere (no allocation, no sub-matrices, no drops)
   no-compensation masks only
   no-layer-drop   every matrix keeps at least one block
+  no-drop-check   sublayers drop where the knapsack's second-order price says so, unmeasured
+  steps-T         importance re-estimated on the partly pruned, compensated model, T steps (T = 2, 3, 4)
+  residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
@@ -28,7 +31,7 @@ from pgbert import models
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, prune_model
-from pgbert.tasks import load_task
+from pgbert.tasks import DataOptions, load_task
 from pgbert.training import evaluate
 
 VARIANTS = {
@@ -37,6 +40,11 @@ VARIANTS = {
     "uniform": {},  # fixed_groups set per sparsity in run_seed
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
+    "no-drop-check": {"drop_check": False},  # drops as the knapsack prices them (before issue 12)
+    "steps-2": {"importance_steps": 2},
+    "steps-3": {"importance_steps": 3},
+    "steps-4": {"importance_steps": 4},
+    "residual-target": {"compensation_target": "residual"},
     "grouped-only": {"submatrix": False},
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},
@@ -48,17 +56,23 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model", nargs="?", default="runs/minilm-rt")
     p.add_argument("--task", default="rt-sentiment")
+    p.add_argument("--train-file", help="with --dev-file: TSV files with columns sentence, label")
+    p.add_argument("--dev-file")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--seeds", type=int, default=1, help="calibration subsets (seed 0, 1, ...)")
     p.add_argument("--json")
     a = p.parse_args()
-    data = load_task(a.task)
+    files = DataOptions(
+        train_file=a.train_file, dev_file=a.dev_file, text_column="sentence", label_column="label"
+    )
+    data = load_task(a.task, files if a.train_file else None)
+    metric = data.spec.main_metric
     tok = models.load_tokenizer(a.model)
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
-    dense_acc = evaluate(dense, tok, data)["accuracy"]
-    print(f"dense accuracy {dense_acc:.4f}")
+    dense_acc = evaluate(dense, tok, data)[metric]
+    print(f"dense {metric} {dense_acc:.4f}")
     rows = [r for seed in range(a.seeds) for r in run_seed(dense, tok, data, a, seed)]
     print("mean over seeds (masked / compensated):")
     for s in a.sparsity:
@@ -100,10 +114,12 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "seed": seed,
                 "sparsity": s,
                 "variant": v,
-                "masked": m["masked"]["accuracy"],
-                "oneshot": m["pruned"]["accuracy"],
+                "masked": m["masked"][data.spec.main_metric],
+                "oneshot": m["pruned"][data.spec.main_metric],
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
+                "drop_checks": rep.get("drop_checks", []),
+                "prune_seconds": sum(rep["timings_s"].values()),
                 "seconds": time.perf_counter() - t,
             }
             rows.append(row)

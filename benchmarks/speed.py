@@ -75,7 +75,7 @@ def main() -> None:
     rows = []
     for s in a.sparsity:
         t = time.perf_counter()
-        chosen, masks = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
+        chosen, masks, _ = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
         alloc_s = time.perf_counter() - t
         pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
         pruned.load_state_dict(dense.state_dict())

@@ -137,7 +137,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-permutation", action="store_true", help="identity grouping: the same as --method pgb-identity"
     )
     p.add_argument("--no-compensation", action="store_true")
-    p.add_argument("--no-layer-drop", action="store_true")
+    p.add_argument("--no-layer-drop", action="store_true", help="every matrix keeps at least one block")
+    p.add_argument(
+        "--no-drop-check",
+        action="store_true",
+        help="drop sublayers where the knapsack's estimate says so, without measuring (ablation)",
+    )
+    p.add_argument(
+        "--importance-steps",
+        type=int,
+        default=1,
+        help="T > 1: re-score the partly pruned, compensated model T-1 times on the way to the budget",
+    )
+    p.add_argument(
+        "--compensation-target",
+        choices=["linear", "residual"],
+        default="linear",
+        help="linear: each linear's dense output; residual: O and FFN-out also absorb the residual's error",
+    )
     p.add_argument(
         "--attention",
         choices=["heads", "blocks"],
@@ -241,6 +258,9 @@ def run(argv: list[str] | None = None) -> int:
             compensation_samples=a.compensation_samples,
             compensate=not a.no_compensation,
             allow_drop=not a.no_layer_drop,
+            drop_check=not a.no_drop_check,
+            importance_steps=a.importance_steps,
+            compensation_target=a.compensation_target,
             attention=a.attention,
             finetune_epochs=a.finetune_epochs,
             kd=a.kd,

@@ -109,6 +109,8 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
                     ),
                     "metric": main,
                     "compensation_stopped_at": rep["compensation"].get("stopped_at"),
+                    "dropped_sublayers": rep["dropped_sublayers"],
+                    "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                 }
                 rows.append(row)
                 log(

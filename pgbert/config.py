@@ -23,10 +23,14 @@ class PruneConfig:
     group_counts: tuple[int, ...] = GROUP_COUNTS
     fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     compensate: bool = True
+    compensation_target: str = "linear"  # "linear": each linear's dense output | "residual": + residual error
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
     attention: str = "heads"  # "heads": keep whole heads | "blocks": Q/K and V/O pair blocks (dims)
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
+    drop_check: bool = True  # a sublayer drops only if that measures better than keeping it (held-out loss)
+    drop_check_samples: int = 128  # calibration examples the drop check compensates on
+    importance_steps: int = 1  # T > 1: re-score the partly pruned, compensated model T - 1 times
     submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
     # re-finetuning
@@ -55,6 +59,12 @@ class PruneConfig:
             raise PgbertError(f"--importance must be fisher or magnitude, got {self.importance}")
         if self.attention not in ("heads", "blocks"):
             raise PgbertError(f"--attention must be heads or blocks, got {self.attention}")
+        if self.compensation_target not in ("linear", "residual"):
+            raise PgbertError(
+                f"--compensation-target must be linear or residual, got {self.compensation_target}"
+            )
+        if self.importance_steps < 1:
+            raise PgbertError(f"--importance-steps must be at least 1, got {self.importance_steps}")
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
         get_method(self.method).check_budget(self)

@@ -156,6 +156,28 @@ def test_compensation_recovers_exact_masked_target():
     assert squared_error(W, b, st) < 1e-4 * squared_error(W0 * mask, torch.zeros(8), st)
 
 
+def test_compensation_over_kept_columns_equals_the_full_solve():
+    """compensate gathers statistics only over input columns some kept weight reads: the refit (same ridge
+    weight) and its errors equal the solve over all columns."""
+    torch.manual_seed(0)
+    X, Y = torch.randn(400, 24), torch.randn(400, 6)
+    mask = torch.zeros(6, 24)
+    mask[:3, 2:9] = 1
+    mask[3:5, 12:20] = 1  # columns 0-1, 9-11, 20-23 unread; row 5 keeps nothing
+    W0, b0 = torch.randn(6, 24), torch.randn(6)
+    full = LinearStats(24, 6)
+    full.add(X, Y)
+    lam = 0.01 * float(X.double().square().sum(0).mean())
+    W_full, b_full = solve_compensation(W0, b0, mask, full, lam=lam)
+    cols = torch.nonzero(mask.any(0))[:, 0]
+    sub = LinearStats(cols.numel(), 6)
+    sub.add(X[:, cols], Y)
+    W_sub, b_sub = solve_compensation(W0[:, cols], b0, mask[:, cols], sub, lam=lam)
+    assert torch.allclose(W_full[:, cols], W_sub, atol=1e-5) and torch.allclose(b_full, b_sub, atol=1e-5)
+    assert float(W_full.abs().sum()) == pytest.approx(float(W_sub.abs().sum()), rel=1e-5)  # nothing outside
+    assert squared_error(W_full, b_full, full) == pytest.approx(squared_error(W_sub, b_sub, sub), rel=1e-6)
+
+
 def test_head_options_keep_whole_heads_by_importance():
     d, H, hd = 16, 4, 4
     shapes = [(H * hd, d)] * 3 + [(d, H * hd)]

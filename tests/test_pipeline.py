@@ -7,7 +7,7 @@ import torch
 from conftest import FAMILIES, fast_config, hidden_error, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
-from pgbert.adapters import MATRICES
+from pgbert.adapters import MATRICES, prunable_names
 from pgbert.errors import PgbertError
 from pgbert.pipeline import calibrate, prune_model
 from pgbert.stages.allocation import OptionSpace, choose_masks
@@ -78,10 +78,10 @@ def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     uncompensated (masked) model's."""
     data = sentiment(400)
     dense = tiny_model("bert", tokenizer, layers=3, seed=seed)
-    cfg = fast(0.75, calib_samples=256, compensation_samples=192, check_samples=64, seed=seed)
+    cfg = fast(0.75, calib_samples=256, compensation_samples=192, check_samples=64, seed=seed, drop_check=False)
     comp, masks, rep = prune_model(dense, tokenizer, data, cfg)
-    masked, masks2, _ = prune_model(
-        dense, tokenizer, data, fast(0.75, calib_samples=256, compensate=False, seed=seed)
+    masked, masks2, _ = prune_model(  # the drop check measures what the run does: off, for the same masks
+        dense, tokenizer, data, fast(0.75, calib_samples=256, compensate=False, seed=seed, drop_check=False)
     )
     assert all(torch.equal(masks[n], masks2[n]) for n in masks)
     check = calibrate(data, tokenizer, dense, cfg, "shuffle").check
@@ -165,7 +165,7 @@ def test_budget_met_at_minilm_size():
     heads = [torch.rand(12) * 30 for _ in names]
     total = sum(s.numel() for s in scores.values())
     for sparsity in (0.75, 0.88):
-        _, masks = choose_masks(scores, names, OptionSpace(head_values=heads), sparsity)
+        _, masks, _ = choose_masks(scores, names, OptionSpace(head_values=heads), sparsity)
         assert 0 <= 1 - sum(float(m.sum()) for m in masks.values()) / total - sparsity <= 0.005
 
 
@@ -178,9 +178,112 @@ def test_fixed_groups_ablation_keeps_k_of_g_blocks():
     names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
     scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
     for s, G, density in ((0.875, 8, 1 / 8), (0.95, 8, 3 / 64), (0.5, 8, 1 / 8), (0.5, 2, 1 / 2)):
-        _, masks = choose_masks(scores, names, OptionSpace(fixed_groups=G), s)  # 8: not a default G
+        _, masks, _ = choose_masks(scores, names, OptionSpace(fixed_groups=G), s)  # 8: not a default G
         for n, m in masks.items():
             assert float(m.mean()) == pytest.approx(density), (s, G, n)  # 0.5 with G=8: at most 1/8
             assert set(m.sum(1).unique().tolist()) <= {0.0, m.shape[1] / G}  # a kept row reads one block
     with pytest.raises(PgbertError, match="fixed_groups=5"):
         choose_masks(scores, names, OptionSpace(fixed_groups=5), 0.5)
+
+
+def test_drop_check_keeps_a_sublayer_only_when_measured_better():
+    """The knapsack drops layer 1's FFN (its scores are tiny); the drop check re-solves with that FFN kept
+    and takes whichever allocation the measure prefers, recording both losses."""
+    torch.manual_seed(0)
+    shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
+    names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
+    scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
+    for n in names[1][4:]:
+        scores[n] *= 1e-4
+    space = OptionSpace(head_values=[torch.rand(4) * 100 for _ in names])
+    chosen, plain, checks = choose_masks(scores, names, space, 0.5)
+    assert checks == [] and float(plain["l1.ffn_in"].sum()) == 0  # no measure: the knapsack's drop
+    kept_ffn = lambda m: float(m["l1.ffn_in"].sum() + m["l1.ffn_out"].sum()) > 0  # noqa: E731
+    calls = []
+
+    def prefers_kept(m):
+        calls.append(m)
+        return 1.0 if kept_ffn(m) else 2.0
+
+    _, masks, checks = choose_masks(scores, names, space, 0.5, prefers_kept)
+    assert kept_ffn(masks) and [c["sublayer"] for c in checks] == ["layer1.ffn"]
+    assert (checks[0]["loss_dropped"], checks[0]["loss_kept"]) == (2.0, 1.0) and len(calls) == 2
+    total = sum(s.numel() for s in scores.values())
+    assert sum(float(m.sum()) for m in masks.values()) <= 0.5 * total  # the budget still holds
+    _, masks, checks = choose_masks(scores, names, space, 0.5, lambda m: 1.0 if not kept_ffn(m) else 2.0)
+    assert all(torch.equal(masks[n], plain[n]) for n in plain) and len(checks) == 1
+
+
+def test_importance_steps_rescore_the_partly_pruned_model(tokenizer):
+    """T = 2: one intermediate step at the geometric midpoint of the kept fraction; the model it scores
+    again gives its pruned weights (and heads) no importance, so the final knapsack sees them as free to
+    drop; the budget still holds."""
+    from pgbert.methods import get_method
+    from pgbert.training import apply_masks
+
+    data, dense, s = sentiment(), tiny_model("bert", tokenizer), 0.75
+    pruned, masks, rep = prune_model(dense, tokenizer, data, fast(s, importance_steps=2))
+    assert [st["sparsity"] for st in rep["importance_steps"]] == [pytest.approx(1 - 0.25**0.5)]
+    assert 0 <= rep["sparsity_achieved"] - s <= 0.02
+    method, cfg = get_method("pgb"), fast(0.5)
+    calib = calibrate(data, tokenizer, dense, cfg, "shuffle")
+    sel = method.select(dense, method.importance(dense, calib, cfg), calib, cfg)
+    partial = __import__("copy").deepcopy(dense)
+    apply_masks(partial, sel.masks)
+    weights, heads = method.importance(partial, calib, cfg)
+    assert all(float(weights[n][sel.masks[n] == 0].abs().max()) == 0 for n in sel.masks)
+    for layer, h in zip(prunable_names(dense), heads):
+        kept = sel.masks[layer[2]].view(4, -1).sum(1) > 0  # V rows per head
+        assert not kept.all() and float(h[~kept].abs().max()) == 0 and float(h[kept].min()) > 0
+
+
+def test_residual_target_fits_what_enters_the_layernorm(tokenizer):
+    """compensation_target "residual": FFN-out fits dense output + residual error, so the sum entering the
+    FFN's LayerNorm (measured by a hook) is closer to the dense one than with each linear's own output.
+    Fit and check on the same batches and a loss that keeps every layer, so no guard intervenes."""
+    import copy
+
+    from pgbert.stages.compensation import compensate
+    from pgbert.training import apply_masks
+
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+    cfg = fast(0.75)
+    calib = calibrate(data, tokenizer, dense, cfg, "shuffle")
+    _, masks, _ = prune_model(dense, tokenizer, data, fast(0.75, compensate=False, drop_check=False))
+
+    def ln_inputs(model):
+        got = []
+        ln = model.bert.encoder.layer[0].output.LayerNorm
+        h = ln.register_forward_pre_hook(lambda m, a: got.append(a[0][b["attention_mask"].bool()]))
+        with torch.no_grad():
+            for b in calib.fit:
+                model(**b)
+        h.remove()
+        return torch.cat(got)
+
+    ref, errors = ln_inputs(dense), {}
+    for target in ("linear", "residual"):
+        pruned = copy.deepcopy(dense)
+        apply_masks(pruned, masks)
+        compensate(dense, pruned, masks, calib.fit, calib.fit, lambda m, b: 0.0, damp=1e-6, target=target)
+        errors[target] = float((ln_inputs(pruned) - ref).square().sum())
+    assert errors["residual"] < errors["linear"]
+
+
+def test_compensation_without_check_refits_every_layer(tokenizer):
+    """check=None (the drop check's quick measure): no held-out guard, every layer keeps its refit, and
+    the refit lowers the error on the fit tokens of every linear that keeps weights."""
+    import copy
+
+    from pgbert.stages.compensation import compensate
+    from pgbert.training import apply_masks
+
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+    calib = calibrate(data, tokenizer, dense, fast(0.75), "shuffle")
+    _, masks, _ = prune_model(dense, tokenizer, data, fast(0.75, compensate=False, drop_check=False))
+    pruned = copy.deepcopy(dense)
+    apply_masks(pruned, masks)
+    rep = compensate(dense, pruned, masks, calib.fit, None, task_loss)
+    assert rep["_check_loss"] == {"prefix_losses": [], "compensated_layers": 2}
+    kept = [v for n, v in rep.items() if not n.startswith("_") and float(masks[n].sum()) > 0]
+    assert kept and all(v["compensated"] and v["error_after"] < v["error_before"] for v in kept)

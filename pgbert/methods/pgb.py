@@ -4,6 +4,10 @@ Re-finetuning and the compact export are the pipeline's, shared by every method.
 
 from __future__ import annotations
 
+import copy
+import time
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -17,6 +21,7 @@ from ..stages.importance import (
     magnitude_scores,
     unit_calibrate,
 )
+from ..training import apply_masks
 from .base import Calibration, Method, Selection
 
 
@@ -43,7 +48,25 @@ class PGB(Method):
         return unit_calibrate(raw, names, units), head_importance(raw, names, heads, units)
 
     def select(self, dense: nn.Module, scores, calib: Calibration, cfg) -> Selection:
-        """Stages 2-4: grouping, the knapsack under the weight budget, masks (re-permutation)."""
+        """Stages 2-4: grouping, the knapsack under the weight budget, masks (re-permutation). With
+        cfg.importance_steps = T > 1, the kept fraction shrinks geometrically to the budget over T steps:
+        each step prunes and compensates a copy of the dense model and scores it afresh (stage 1 again,
+        on the same calibration data), and the last step's scores choose the masks."""
+        steps = []
+        for t in range(1, cfg.importance_steps):
+            start = time.perf_counter()
+            sparsity = 1 - (1 - cfg.sparsity) ** (t / cfg.importance_steps)
+            sel = self._select(dense, scores, calib, replace(cfg, sparsity=sparsity, drop_check=False))
+            partial = copy.deepcopy(dense)
+            apply_masks(partial, sel.masks)
+            self.update(dense, partial, sel, scores, calib, cfg)
+            scores = self.importance(partial, calib, cfg)
+            steps.append({"sparsity": sparsity, "seconds": time.perf_counter() - start})
+        sel = self._select(dense, scores, calib, cfg)
+        sel.report["importance_steps"] = steps
+        return sel
+
+    def _select(self, dense: nn.Module, scores, calib: Calibration, cfg) -> Selection:
         weight_scores, head_values = scores
         space = OptionSpace(
             whole_heads=cfg.attention == "heads",
@@ -57,14 +80,41 @@ class PGB(Method):
             head_values=head_values,
         )
         names = prunable_names(dense)
-        chosen, masks = choose_masks(weight_scores, names, space, cfg.sparsity)
-        return Selection(masks, {"chosen": chosen}, {"matrices": matrix_report(weight_scores, chosen, masks)})
+        measure = drop_measure(dense, calib, cfg) if cfg.drop_check and cfg.allow_drop else None
+        chosen, masks, checks = choose_masks(weight_scores, names, space, cfg.sparsity, measure)
+        report = {"matrices": matrix_report(weight_scores, chosen, masks), "drop_checks": checks}
+        return Selection(masks, {"chosen": chosen}, report)
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
         """Stage 5: least-squares compensation, guarded by the held-out task loss."""
         if not cfg.compensate:
             return {}
-        return compensate(dense, pruned, sel.masks, calib.fit, calib.check, task_loss, quiet=cfg.quiet)
+        return compensate(
+            dense,
+            pruned,
+            sel.masks,
+            calib.fit,
+            calib.check,
+            task_loss,
+            quiet=cfg.quiet,
+            target=cfg.compensation_target,
+        )
+
+
+def drop_measure(dense: nn.Module, calib: Calibration, cfg):
+    """The drop check's measure: held-out task loss of the model pruned to `masks` and compensated on
+    cfg.drop_check_samples calibration examples, without the guards (compensation recovers much of what
+    a kept sublayer loses and little of a dropped one's, so the masked loss alone would favour drops)."""
+    fit = calib.fit[: max(1, cfg.drop_check_samples // cfg.batch_size)]
+
+    def measure(masks: dict[str, torch.Tensor]) -> float:
+        pruned = copy.deepcopy(dense)
+        apply_masks(pruned, masks)
+        if cfg.compensate:
+            compensate(dense, pruned, masks, fit, None, task_loss, target=cfg.compensation_target)
+        return task_loss(pruned, calib.check)
+
+    return measure
 
 
 def matrix_report(

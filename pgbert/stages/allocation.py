@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..adapters import MATRICES
+from ..errors import PgbertError
 from .grouping import best_grid_block, best_submatrix, group, identity_grouping
 
 Blocks = list[tuple[torch.Tensor, torch.Tensor]]  # (row indices, column indices) per kept block
@@ -344,8 +345,6 @@ def build_items(
 ) -> list[tuple[tuple[str, ...], list[Choice]]]:
     """Knapsack items with their options: per layer, the attention heads (or the Q/K and V/O pairs) and the
     FFN pair, or six single matrices."""
-    from ..errors import PgbertError
-
     items = []
     whole_heads = space.whole_heads and not space.fixed_groups
     if whole_heads and space.head_values is None:
@@ -387,22 +386,23 @@ def build_items(
 
 
 def choose_options(
-    scores: dict[str, torch.Tensor], names: list[list[str]], space: OptionSpace, sparsity: float
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    space: OptionSpace,
+    sparsity: float,
+    keep: frozenset[str] = frozenset(),
+    items: list | None = None,
 ) -> dict[str, Option]:
     """Grouping options per item and the knapsack choice under (1 - sparsity) x the prunable weights.
     Sublayers that drop free their partner matrices' budget, so allocation repeats with those forced
-    empty (the drop loop)."""
-    from ..errors import PgbertError
-
+    empty (the drop loop). Items holding a matrix named in `keep` may not drop (the drop check's
+    alternative)."""
     total = sum(scores[n].numel() for layer in names for n in layer)
     budget = (1.0 - sparsity) * total
-    items = build_items(scores, names, space, sparsity)
+    items = items or build_items(scores, names, space, sparsity)
     forced: set[str] = set()
     for _ in range(4):
-        cand = [
-            [c for c in choices if all(o.kind == "empty" for o in c.parts)] if set(item) & forced else choices
-            for item, choices in items
-        ]
+        cand = [_restrict(choices, set(item), forced, keep) for item, choices in items]
         try:
             pick = allocate(cand, budget)
         except InfeasibleBudget as e:
@@ -423,10 +423,56 @@ def choose_options(
     return chosen
 
 
+def _restrict(choices: list[Choice], item: set[str], forced: set[str], keep: frozenset[str]) -> list[Choice]:
+    if item & keep:
+        return [c for c in choices if all(o.kind != "empty" for o in c.parts)]
+    if item & forced:
+        return [c for c in choices if all(o.kind == "empty" for o in c.parts)]
+    return choices
+
+
 def choose_masks(
-    scores: dict[str, torch.Tensor], names: list[list[str]], space: OptionSpace, sparsity: float
-) -> tuple[dict[str, Option], dict[str, torch.Tensor]]:
-    """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation)."""
-    chosen = choose_options(scores, names, space, sparsity)
-    masks = {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for layer in names for n in layer}
-    return chosen, masks
+    scores: dict[str, torch.Tensor],
+    names: list[list[str]],
+    space: OptionSpace,
+    sparsity: float,
+    measure: Callable[[dict[str, torch.Tensor]], float] | None = None,
+) -> tuple[dict[str, Option], dict[str, torch.Tensor], list[dict]]:
+    """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation). With
+    `measure` (masks -> measured loss, lower is better), every sublayer the knapsack drops is checked
+    against the allocation that must keep it (the drop check): it drops only if that measures better."""
+    items = build_items(scores, names, space, sparsity)
+    chosen = choose_options(scores, names, space, sparsity, items=items)
+    masks = masks_of(chosen, scores, names)
+    checks: list[dict] = []
+    if measure is None or not dropped_sublayers(chosen, names):
+        return chosen, masks, checks
+    loss, keep = measure(masks), frozenset()
+    for label, sub in dropped_sublayers(chosen, names):
+        if not all(chosen[n].kind == "empty" for n in sub):
+            continue  # an earlier check already kept it
+        try:
+            alt = choose_options(scores, names, space, sparsity, keep | set(sub), items)
+        except PgbertError:
+            continue  # the budget cannot keep it
+        alt_masks = masks_of(alt, scores, names)
+        alt_loss = measure(alt_masks)
+        checks.append({"sublayer": label, "loss_dropped": loss, "loss_kept": alt_loss})
+        if alt_loss < loss:
+            chosen, masks, loss, keep = alt, alt_masks, alt_loss, keep | set(sub)
+    return chosen, masks, checks
+
+
+def masks_of(chosen: dict[str, Option], scores: dict[str, torch.Tensor], names: list[list[str]]):
+    return {n: blocks_to_mask(tuple(scores[n].shape), chosen[n].blocks()) for layer in names for n in layer}
+
+
+def dropped_sublayers(chosen: dict[str, Option], names: list[list[str]]) -> list[tuple[str, tuple[str, ...]]]:
+    """(label as in report.json, matrix names) of the sublayers (a layer's attention Q/K/V/O, its FFN
+    in/out) whose matrices all keep nothing."""
+    subs = [
+        (f"layer{i}.{part}", tuple(ns))
+        for i, layer in enumerate(names)
+        for part, ns in (("attention", layer[:4]), ("ffn", layer[4:]))
+    ]
+    return [(label, sub) for label, sub in subs if all(chosen[n].kind == "empty" for n in sub)]

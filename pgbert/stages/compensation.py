@@ -57,12 +57,19 @@ def squared_error(W: torch.Tensor, b: torch.Tensor, st: LinearStats) -> float:
 
 
 def solve_compensation(
-    W: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, st: LinearStats, damp: float = 1e-2
+    W: torch.Tensor,
+    b: torch.Tensor,
+    mask: torch.Tensor,
+    st: LinearStats,
+    damp: float = 1e-2,
+    lam: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ridge least-squares refit of the kept weights and the bias of one masked linear."""
+    """Ridge least-squares refit of the kept weights and the bias of one masked linear. The ridge weight
+    lam defaults to damp x the mean squared input (over tokens, summed) of the statistics' columns."""
     W_new, b_new = (W * mask).double().clone(), b.double().clone()
     n = W.shape[1]
-    lam = damp * float(torch.diagonal(st.gram)[:n].mean()) + 1e-8
+    if lam is None:
+        lam = damp * float(torch.diagonal(st.gram)[:n].mean()) + 1e-8
     patterns, inverse = torch.unique(mask.bool(), dim=0, return_inverse=True)
     for p in range(patterns.shape[0]):
         rows = torch.nonzero(inverse == p)[:, 0]
@@ -137,55 +144,74 @@ def compensate(
     pruned: nn.Module,
     masks: dict[str, torch.Tensor],
     fit: list[dict],
-    check: list[dict],
+    check: list[dict] | None,
     loss_fn,
     damp: float = 1e-2,
     quiet: bool = True,
+    target: str = "linear",
 ) -> dict[str, dict]:
     """Compensate `pruned` (dense weights times masks) in place; returns per-matrix errors (relative
     squared error on held-out tokens, before and after), whether each layer kept its compensation and the
-    held-out task loss of every prefix of compensated layers."""
+    held-out task loss of every prefix of compensated layers. check=None skips the held-out guards (every
+    linear keeps its refit: errors are then on the fit tokens).
+
+    target "linear": each linear fits the dense linear's output. "residual": O and FFN-out, whose outputs
+    are added to the residual stream before a LayerNorm, fit the dense output plus the residual's error
+    (dense residual - pruned residual), so the sum entering the LayerNorm matches the dense one (the
+    target Kwon et al.'s mask tuning fits)."""
     adapter = adapter_for(dense.config)
     d_layers, p_layers = adapter.layers(dense), adapter.layers(pruned)
     prefix = {id(m): n for n, m in pruned.named_modules()}
-    fit_d = fit_p = layer_inputs(dense, fit)
-    chk_d = chk_p = layer_inputs(dense, check)
+    guarded = check is not None
+    # token sets: the fit batches, and the held-out check batches when guarded (errors are measured on
+    # the last set: check, or fit itself without guards)
+    d_in = [layer_inputs(dense, b) for b in ([fit, check] if guarded else [fit])]
+    p_in = list(d_in)
     report: dict[str, dict] = {}
     originals, compensated, reports = [], [], []
     stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
     for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
         dparts, pparts = adapter.parts(d_layers[li]), adapter.parts(p_layers[li])
         dmods = {k: dparts.linear(k) for k in MATRICES}
-        fit_d_next, fit_targets = run_layer(d_layers[li], fit_d, dmods, "output")
-        chk_d_next, chk_targets = run_layer(d_layers[li], chk_d, dmods, "output")
+        outs = [run_layer(d_layers[li], x, dmods, "output") for x in d_in]  # (next inputs, targets)
         saved = {
             k: (pparts.linear(k).weight.detach().clone(), pparts.linear(k).bias.detach().clone())
             for k in MATRICES
         }
         layer_report = {}
+        if target == "residual":  # the dense residual streams that O's and FFN-out's outputs are added to
+            res = [_residuals(d_layers[li], x, dparts) for x in d_in]
         for stage in stages:
             pmods = {k: pparts.linear(k) for k in stage}
-            if stage[0] == "q":  # Q, K and V read the layer input itself (post-LN families)
-                fit_x = {k: torch.cat([x[m] for x, _, m in fit_p]) for k in stage}
-                chk_x = {k: torch.cat([x[m] for x, _, m in chk_p]) for k in stage}
-            else:
-                _, fit_x = run_layer(p_layers[li], fit_p, pmods, "input")
-                _, chk_x = run_layer(p_layers[li], chk_p, pmods, "input")
+            xy = [_pairs(p_layers[li], x, pparts, stage, t) for x, (_, t) in zip(p_in, outs)]
+            if target == "residual" and stage[0] in RESIDUAL_OF:
+                k, r = stage[0], RESIDUAL_OF[stage[0]]
+                for (x, y), rd in zip(xy, res):
+                    y[k] = y[k] + rd[r] - x[r]
             for k in stage:
                 lin = pmods[k]
                 name = prefix[id(lin)] + ".weight"
                 mask = masks.get(name, torch.ones_like(lin.weight))
-                st_fit = LinearStats(lin.in_features, lin.out_features)
-                st_fit.add(fit_x[k], fit_targets[k])
-                st_chk = LinearStats(lin.in_features, lin.out_features)
-                st_chk.add(chk_x[k], chk_targets[k])
-                W, b = lin.weight.detach() * mask, lin.bias.detach()
-                W2, b2 = solve_compensation(W, b, mask, st_fit, damp)
+                # Only the input columns some kept weight reads enter the statistics: the same solve and
+                # errors as over all columns (the others' weights are zero), for a fraction of the cost.
+                cols = torch.nonzero(mask.any(0))[:, 0]
+                cols = cols if cols.numel() else torch.zeros(1, dtype=torch.long)  # empty: bias only
+                stats = []
+                for x, y in xy:
+                    st = LinearStats(cols.numel(), lin.out_features)
+                    st.add(x[k][:, cols], y[k])
+                    stats.append(st)
+                st_fit, st_chk = stats[0], stats[-1]
+                lam = damp * float(xy[0][0][k].double().square().sum(0).mean()) + 1e-8
+                m, b = mask[:, cols], lin.bias.detach()
+                W = lin.weight.detach()[:, cols] * m
+                W2, b2 = solve_compensation(W, b, m, st_fit, lam=lam)
                 norm = float(st_chk.yy.sum()) + 1e-12
                 before, after = squared_error(W, b, st_chk) / norm, squared_error(W2, b2, st_chk) / norm
                 if after < before:
                     with torch.no_grad():
-                        lin.weight.copy_(W2 * mask)
+                        lin.weight.mul_(mask)
+                        lin.weight[:, cols] = W2 * m
                         lin.bias.copy_(b2)
                 layer_report[name] = {
                     "error_before": before,
@@ -200,19 +226,20 @@ def compensate(
         )
         originals.append(saved)
         reports.append(layer_report)
-        fit_d, chk_d = fit_d_next, chk_d_next
-        fit_p, _ = run_layer(p_layers[li], fit_p, {}, "input")
-        chk_p, _ = run_layer(p_layers[li], chk_p, {}, "input")
+        d_in = [nxt for nxt, _ in outs]
+        p_in = [run_layer(p_layers[li], x, {}, "input")[0] for x in p_in]
     # Task guard: each layer's compensation was fitted on inputs from the compensated layers before it, so
     # the consistent choices are prefixes. Keep the prefix with the lowest held-out task loss.
-    losses = [0.0] * (len(d_layers) + 1)
-    losses[-1] = loss_fn(pruned, check)
-    for li in reversed(range(len(d_layers))):
-        _load(adapter.parts(p_layers[li]), originals[li])
-        losses[li] = loss_fn(pruned, check)
-    keep = min(range(len(losses)), key=lambda k: (losses[k], -k))
-    for li in range(keep):
-        _load(adapter.parts(p_layers[li]), compensated[li])
+    losses, keep = [], len(d_layers)
+    if guarded:
+        losses = [0.0] * (len(d_layers) + 1)
+        losses[-1] = loss_fn(pruned, check)
+        for li in reversed(range(len(d_layers))):
+            _load(adapter.parts(p_layers[li]), originals[li])
+            losses[li] = loss_fn(pruned, check)
+        keep = min(range(len(losses)), key=lambda k: (losses[k], -k))
+        for li in range(keep):
+            _load(adapter.parts(p_layers[li]), compensated[li])
     for li, layer_report in enumerate(reports):
         for r in layer_report.values():
             r["layer_kept"] = li < keep
@@ -221,6 +248,27 @@ def compensate(
         report.update(layer_report)
     report["_check_loss"] = {"prefix_losses": losses, "compensated_layers": keep}
     return report
+
+
+RESIDUAL_OF = {"o": "q", "ffn_out": "ffn_in"}  # O adds to the layer input (Q's input), FFN-out to FFN-in's
+
+
+def _residuals(layer, inputs, parts) -> dict[str, torch.Tensor]:
+    """The dense layer's residual streams on valid tokens: its input and its FFN's input."""
+    _, got = run_layer(layer, inputs, {"ffn_in": parts.linear("ffn_in")}, "input")
+    return {"q": torch.cat([x[m] for x, _, m in inputs]), "ffn_in": got["ffn_in"]}
+
+
+def _pairs(layer, inputs, parts, stage: tuple[str, ...], targets: dict) -> tuple[dict, dict]:
+    """(inputs, targets) of the stage's linears in the pruned layer; for O and FFN-out also the input of
+    the linear whose residual they add to."""
+    if stage[0] == "q":  # Q, K and V read the layer input itself (post-LN families)
+        x = torch.cat([x[m] for x, _, m in inputs])
+        xs = {k: x for k in stage}
+    else:
+        extra = (RESIDUAL_OF[stage[0]],) if stage[0] in RESIDUAL_OF else ()
+        _, xs = run_layer(layer, inputs, {k: parts.linear(k) for k in stage + extra}, "input")
+    return xs, {k: targets[k] for k in stage}
 
 
 @torch.no_grad()
