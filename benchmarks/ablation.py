@@ -9,14 +9,14 @@ scores and calibration data:
   no-compensation masks only
   no-layer-drop   every matrix keeps at least one block
   no-drop-check   sublayers drop where the knapsack's second-order price says so, unmeasured
-  steps-T         importance re-estimated on the partly pruned, compensated model, T steps (T = 2, 3, 4)
+  steps-T         importance estimated T times (T = 1: once, on the dense model; PGB's default is 2)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
 
-    python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 3] [--json out.json]
+    python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ VARIANTS = {
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
     "no-drop-check": {"drop_check": False},  # drops as the knapsack prices them (before issue 12)
-    "steps-2": {"importance_steps": 2},
+    "steps-1": {"importance_steps": 1},  # one importance estimate (before issue 12)
     "steps-3": {"importance_steps": 3},
     "steps-4": {"importance_steps": 4},
     "residual-target": {"compensation_target": "residual"},
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    p.add_argument("--seeds", type=int, default=1, help="calibration subsets (seed 0, 1, ...)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration subsets (seeds)")
     p.add_argument("--json")
     a = p.parse_args()
     files = DataOptions(
@@ -73,7 +73,7 @@ def main() -> None:
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
     dense_acc = evaluate(dense, tok, data)[metric]
     print(f"dense {metric} {dense_acc:.4f}")
-    rows = [r for seed in range(a.seeds) for r in run_seed(dense, tok, data, a, seed)]
+    rows = [r for seed in a.seeds for r in run_seed(dense, tok, data, a, seed)]
     print("mean over seeds (masked / compensated):")
     for s in a.sparsity:
         for v in a.variants:

@@ -1,16 +1,51 @@
-"""Re-render a `pgbert compare` results.json as markdown (summary and paired tables) with the current
-formatting, e.g. for the README:
+"""Render one or more `pgbert compare` results.json files (same model, task and dense score: e.g. the
+baselines and PGB run as separate compares) as one markdown report (summary and paired tables), with an
+optional plot:
 
     python benchmarks/render_compare.py runs/compare11-oneshot/results.json > benchmarks/results/compare-minilm-rt.md
+    python benchmarks/render_compare.py runs/cmp-amazon-base/results.json runs/cmp-amazon-pgb/results.json \
+        --json benchmarks/results/compare-amazon.json --png benchmarks/results/compare-amazon.png
 """
 
+import argparse
 import json
-import sys
 
-from pgbert.comparison import markdown, paired, summarise
+from pgbert.comparison import markdown, paired, plot, summarise
+
+
+def merge(paths: list[str]) -> dict:
+    runs = [json.load(open(p)) for p in paths]
+    for r in runs[1:]:
+        if (r["task"], r["dense"]) != (runs[0]["task"], runs[0]["dense"]):
+            raise SystemExit(f"results differ in task or dense score: {paths}")
+    rows = [row for r in runs for row in r["rows"]]
+    keys = [(row["method"], row["sparsity"], row["seed"]) for row in rows]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("the same method, sparsity and seed appear in more than one file")
+    return {
+        "model": runs[0]["model"],
+        "task": runs[0]["task"],
+        "dense": runs[0]["dense"],
+        "configs": [r["config"] for r in runs],
+        "sources": paths,
+        "rows": rows,
+        "seconds": sum(r["seconds"] for r in runs),
+    }
+
 
 if __name__ == "__main__":
-    res = json.load(open(sys.argv[1]))
+    p = argparse.ArgumentParser()
+    p.add_argument("results", nargs="+")
+    p.add_argument("--json", help="write the merged rows with their summary and paired tables")
+    p.add_argument("--png", help="write the accuracy-vs-FLOPs plot")
+    a = p.parse_args()
+    res = merge(a.results)
     rows = res["rows"]
     metric = rows[0]["metric"] if rows else "accuracy"
-    print(markdown(summarise(rows), res["dense"], metric, paired(rows)), end="")
+    summary, pairs = summarise(rows), paired(rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({**res, "summary": summary, "paired": pairs}, f, indent=2)
+    if a.png:
+        plot(summary, a.png, metric)
+    print(markdown(summary, res["dense"], metric, pairs), end="")

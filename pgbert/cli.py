@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance-steps",
         type=int,
-        default=1,
+        default=2,
         help="T > 1: re-score the partly pruned, compensated model T-1 times on the way to the budget",
     )
     p.add_argument(

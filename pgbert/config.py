@@ -30,7 +30,7 @@ class PruneConfig:
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     drop_check: bool = True  # a sublayer drops only if that measures better than keeping it (held-out loss)
     drop_check_samples: int = 128  # calibration examples the drop check compensates on
-    importance_steps: int = 1  # T > 1: re-score the partly pruned, compensated model T - 1 times
+    importance_steps: int = 2  # T > 1: re-score the partly pruned, compensated model T - 1 times
     submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
     # re-finetuning
