@@ -151,6 +151,7 @@ def test_finetune_then_evaluate_cli(save_tiny, tmp_path, files, capsys):
         (["--flops-ratio", "0.5"], "method pgb prunes to a weight budget: give --sparsity"),
         (["--method", "kwon"], "give a budget: --sparsity S"),
         (["--method", "kwon", "--flops-ratio", "1.2"], "--flops-ratio must be in (0, 1)"),
+        (["--sparsity", "0.5", "--importance-steps", "0"], "--importance-steps must be at least 1, got 0"),
     ],
 )
 def test_prune_method_and_budget_errors(save_tiny, tmp_path, files, capsys, extra, text):
@@ -209,3 +210,27 @@ def test_task_defaults_to_classification_with_files_and_validation_file_alias(ca
     assert (a.task, a.dev_file) == (None, "d.csv")  # run() then sets classification
     code, err = run_cli(["evaluate", "m", "--quiet"], capsys)
     assert_error(code, err, "give --task")
+
+
+@pytest.mark.parametrize(
+    "flags,expect",
+    [
+        ([], {"importance_steps": 2, "drop_check": True, "compensation_target": "linear"}),
+        (
+            ["--importance-steps", "1", "--no-drop-check", "--compensation-target", "residual"],
+            {"importance_steps": 1, "drop_check": False, "compensation_target": "residual"},
+        ),
+    ],
+)
+def test_prune_cli_pgb_switches_reach_the_run(save_tiny, tmp_path, files, capsys, flags, expect):
+    """PGB's switches (and their defaults) are what the run used: report.json's config and its steps."""
+    out = tmp_path / "out"
+    args = ["prune", str(save_tiny()), "--task", "classification", "--train-file", str(files), "--dev-file"]
+    args += [str(files), "--output", str(out), "--quiet", "--sparsity", "0.5", "--calib-samples", "32"]
+    args += ["--finetune-epochs", "0", "--batch-size", "16", *flags]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert {k: rep["config"][k] for k in expect} == expect
+    assert len(rep["importance_steps"]) == expect["importance_steps"] - 1

@@ -78,7 +78,9 @@ def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     uncompensated (masked) model's."""
     data = sentiment(400)
     dense = tiny_model("bert", tokenizer, layers=3, seed=seed)
-    cfg = fast(0.75, calib_samples=256, compensation_samples=192, check_samples=64, seed=seed, drop_check=False)
+    cfg = fast(
+        0.75, calib_samples=256, compensation_samples=192, check_samples=64, seed=seed, drop_check=False
+    )
     comp, masks, rep = prune_model(dense, tokenizer, data, cfg)
     masked, masks2, _ = prune_model(  # the drop check measures what the run does: off, for the same masks
         dense, tokenizer, data, fast(0.75, calib_samples=256, compensate=False, seed=seed, drop_check=False)
