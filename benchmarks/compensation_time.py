@@ -74,7 +74,8 @@ def main() -> None:
     data = load_task(a.task)
     tok = models.load_tokenizer(a.model)
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
-    cfg = PruneConfig(sparsity=a.sparsity[0], seed=0, quiet=True, drop_check=False)
+    one = dict(seed=0, quiet=True, drop_check=False, importance_steps=1)  # masks to time on, no more
+    cfg = PruneConfig(sparsity=a.sparsity[0], calib_samples=512, **one)
     calib = calibrate(data, tok, dense, cfg, "shuffle")
     method = get_method("pgb")
     scores = method.importance(dense, calib, cfg)
