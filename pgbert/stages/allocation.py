@@ -445,10 +445,11 @@ def choose_masks(
     chosen = choose_options(scores, names, space, sparsity, items=items)
     masks = masks_of(chosen, scores, names)
     checks: list[dict] = []
-    if measure is None or not dropped_sublayers(chosen, names):
+    drops = dropped_sublayers(chosen, names)
+    if measure is None or not drops:
         return chosen, masks, checks
     loss, keep = measure(masks), frozenset()
-    for label, sub in dropped_sublayers(chosen, names):
+    for label, sub in drops:
         if not all(chosen[n].kind == "empty" for n in sub):
             continue  # an earlier check already kept it
         try:
