@@ -19,11 +19,12 @@ METHOD_NAMES = (
 )
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
+def _data_args(p: argparse.ArgumentParser, task_help: str = "") -> None:
     g = p.add_argument_group("data")
     g.add_argument(
         "--task",
-        help="glue task (sst2, mnli, ...), squad, rt-sentiment, classification or regression "
+        help=(task_help + "; " if task_help else "")
+        + "glue task (sst2, mnli, ...), squad, rt-sentiment, classification or regression "
         "(default: classification when --train-file is given)",
     )
     g.add_argument("--data-dir", help="GLUE-format TSV folder (or folder with train-v1.1.json/dev-v1.1.json)")
@@ -167,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-compact", action="store_true", help="save only the masked model")
+    p.add_argument(
+        "--save-masked",
+        action="store_true",
+        help="also save DIR/masked: the masked model (dense shapes) and its masks, for `pgbert compact`",
+    )
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -185,7 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="export a model folder to ONNX and check it in onnxruntime",
     )
     p.add_argument("model_dir")
-    p.add_argument("--onnx", required=True)
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="ONNX Runtime dynamic int8 quantization of the linears (give a task to check the accuracy)",
+    )
+    _data_args(p, task_help="optional: evaluate the exported file on this task's dev set")
 
     p = sub.add_parser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -231,9 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_warnings_to_stderr() -> None:
+    """pgbert's warnings (e.g. removed sublayers) as `warning: ...` lines on stderr, --quiet or not."""
+    import logging
+
+    logger = logging.getLogger("pgbert")
+    if not any(getattr(h, "_pgbert_cli", False) for h in logger.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setLevel(logging.WARNING)
+        h.setFormatter(logging.Formatter("warning: %(message)s"))
+        h._pgbert_cli = True
+        logger.addHandler(h)
+
+
 def run(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    if hasattr(a, "task") and a.task is None:
+    if hasattr(a, "task") and a.task is None and a.command != "export":
         if not a.train_file:
             raise PgbertError(
                 "give --task (e.g. sst2, squad, rt-sentiment), or --train-file for your own data"
@@ -242,6 +267,7 @@ def run(argv: list[str] | None = None) -> int:
     from . import api
 
     api.set_quiet(a.quiet)
+    _log_warnings_to_stderr()
     if a.command == "finetune":
         _, result = api.finetune(a.model, a.task, a.output, _data_options(a), _train_config(a), a.overwrite)
         _print_metrics(result["metrics"], False)
@@ -279,6 +305,7 @@ def run(argv: list[str] | None = None) -> int:
             cfg,
             a.overwrite,
             compact=not a.no_compact,
+            save_masked=a.save_masked,
         )
         _print_prune(report)
         print(f"saved to {a.output}")
@@ -286,7 +313,9 @@ def run(argv: list[str] | None = None) -> int:
         api.compact(a.pruned_dir, a.output, a.overwrite)
         print(f"saved to {a.output}")
     elif a.command == "export":
-        print(json.dumps(api.export(a.model_dir, a.onnx), indent=2))
+        task = a.task or ("classification" if a.train_file else None)
+        res = api.export(a.model_dir, a.onnx, a.int8, task, _data_options(a), a.max_seq_length)
+        print(json.dumps(res, indent=2))
     elif a.command == "bench":
         res = api.bench(a.model, a.against, a.batch_size, a.seq_len, a.threads, a.device, a.repeats)
         if a.json:
@@ -300,9 +329,7 @@ def run(argv: list[str] | None = None) -> int:
                 print(
                     f"{a.against}: {res['against']['median_ms']:.1f} ms  params {res['against']['params']:,}"
                 )
-                print(
-                    f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {res['flops_limit_speedup']:.2f}x)"
-                )
+                print(f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {_limit(res)})")
     elif a.command == "compare":
         from .comparison import METHODS, CompareConfig
 
@@ -348,9 +375,14 @@ def _print_prune(r: dict) -> None:
         c = r["compact"]
         print(
             f"compact: max |logit diff| {c['max_abs_logit_diff_vs_pruned']:.2e}  params {c['params']:,} / "
-            f"{c['dense_params']:,}  speedup {c['speedup']:.2f}x (FLOP limit {c['flops_limit_speedup']:.2f}x)"
+            f"{c['dense_params']:,}  speedup {c['speedup']:.2f}x (FLOP limit {_limit(c)})"
         )
     print("timings " + "  ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items()))
+
+
+def _limit(res: dict) -> str:
+    x = res["flops_limit_speedup"]
+    return "none: no encoder left" if x is None else f"{x:.2f}x"
 
 
 def _print_metrics(metrics: dict, as_json: bool) -> None:

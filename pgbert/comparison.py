@@ -64,7 +64,9 @@ class CompareConfig:
         )
 
 
-def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=print) -> list[dict]:
+def run(
+    dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=print, on_row=None
+) -> list[dict]:
     """All rows (method x sparsity x seed), each exactly a `pgbert prune --method` run: a loop over the
     method registry with no method logic of its own. Each method's importance is computed once per seed
     and reused for every budget (prune_model gives the same result either way)."""
@@ -113,6 +115,8 @@ def run(dense: nn.Module, tokenizer, data: TaskData, cfg: CompareConfig, log=pri
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                 }
                 rows.append(row)
+                if on_row is not None:
+                    on_row(row)
                 log(
                     f"{name:22s} s={s:.2f} seed={seed}: one-shot {row['oneshot']:.4f}  re-finetuned "
                     f"{row['finetuned']:.4f}  flops {row['flops_ratio']:.3f}  speedup {row['speedup']:.2f}x  "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 from torch import nn
@@ -15,9 +16,11 @@ from transformers import (
 )
 
 from .adapters import adapter_for
+from .compact import model as _compact  # noqa: F401  (registers the compact classes: no remote-code prompt)
 from .errors import PgbertError
 from .tasks import TaskData
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # no path of a local file: not found
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
@@ -40,17 +43,30 @@ def resolve(model: str | Path) -> str:
         if not (path / "config.json").is_file():
             raise PgbertError(f"{path} has no config.json; point MODEL at a Hugging Face model folder")
         return str(path)
-    if str(model).count("/") == 1 and not str(model).startswith((".", "/")):
-        return str(model)  # a hub id: transformers fetches it (fails offline with a clear message below)
+    if HUB_ID.fullmatch(str(model)):
+        return str(model)  # a hub id ('bert-base-uncased', 'org/name'): transformers fetches it
     raise PgbertError(f"model path {model} does not exist; give a model folder, a hub id or 'minilm'")
 
 
-def load_config(model: str | Path):
+def _from_hub_or_folder(load, model: str | Path, **kw):
+    """Call a transformers loader; a model it cannot find or fetch is one line, not a traceback."""
     name = resolve(model)
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=_is_pgbert(name))
+        return load(name, **kw)
     except OSError as e:
-        raise PgbertError(f"could not load model '{model}' ({str(e).splitlines()[0]})") from None
+        why = str(e).splitlines()[0].split(", and ")[0].split(". ")[0][:120]
+        if Path(name).exists():
+            raise PgbertError(
+                f"could not load the model in {name} ({why}); the folder is incomplete"
+            ) from None
+        raise PgbertError(
+            f"model '{model}' is not a local folder and could not be fetched from the Hugging Face hub "
+            f"({why}); check the name and the connection, or give a local folder"
+        ) from None
+
+
+def load_config(model: str | Path):
+    config = _from_hub_or_folder(AutoConfig.from_pretrained, model)
     adapter_for(config)  # refuses unknown families with the supported list
     return config
 
@@ -66,35 +82,41 @@ def _is_pgbert(name: str) -> bool:
 
 
 def load_tokenizer(model: str | Path):
-    return AutoTokenizer.from_pretrained(resolve(model))
+    return _from_hub_or_folder(AutoTokenizer.from_pretrained, model)
 
 
 def task_model_class(kind: str):
     return AutoModelForQuestionAnswering if kind == "qa" else AutoModelForSequenceClassification
 
 
-def load_for_task(model: str | Path, data: TaskData, require_finetuned: bool = False) -> nn.Module:
+def load_for_task(
+    model: str | Path, data: TaskData, require_finetuned: bool = False, allow_compact: bool = False
+) -> nn.Module:
     """Load `model` with the head for `data`'s task.
 
-    require_finetuned: the model must already carry this task's head (label count), as pruning needs.
+    require_finetuned: the model must already carry a trained head for this task (its label count), as
+    pruning and evaluation need. allow_compact: a compact pgbert folder is accepted (evaluation only).
     """
     name = resolve(model)
     if _is_pgbert(name):
+        if not allow_compact:
+            raise PgbertError(
+                f"{model} is a compact pgbert model (already pruned); give the dense fine-tuned model it "
+                "was pruned from (its report.json names it)"
+            )
         from .compact.model import load as load_compact
 
-        return load_compact(name)
+        net = load_compact(name)
+        _check_labels(model, net.config.num_labels, data)
+        return net
     config = load_config(model)
     kw: dict = {}
     if data.spec.kind != "qa":
-        n = data.num_labels
-        if require_finetuned and config.num_labels != n:
-            raise PgbertError(
-                f"model {model} has {config.num_labels} output labels but task '{data.spec.name}' has {n}: "
-                "it was not fine-tuned for this task; run `pgbert finetune` first"
-            )
+        if require_finetuned:
+            _check_labels(model, config.num_labels, data)
         names = data.label_names or ["score"]
         kw = {
-            "num_labels": n,
+            "num_labels": data.num_labels,
             "id2label": dict(enumerate(names)),
             "label2id": {v: i for i, v in enumerate(names)},
             "problem_type": "regression" if data.spec.kind == "regression" else "single_label_classification",
@@ -103,7 +125,22 @@ def load_for_task(model: str | Path, data: TaskData, require_finetuned: bool = F
         raise PgbertError(
             f"model {model} has no question-answering head; run `pgbert finetune --task squad` first"
         )
-    return task_model_class(data.spec.kind).from_pretrained(name, **kw)
+    net, info = task_model_class(data.spec.kind).from_pretrained(name, output_loading_info=True, **kw)
+    if require_finetuned and info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise PgbertError(
+            f"model {model} has no trained task head (transformers initialised {', '.join(missing[:3])} "
+            "randomly); fine-tune it first with `pgbert finetune`"
+        )
+    return net
+
+
+def _check_labels(model: str | Path, num_labels: int, data: TaskData) -> None:
+    if data.spec.kind != "qa" and num_labels != data.num_labels:
+        raise PgbertError(
+            f"model {model} has {num_labels} output labels but task '{data.spec.name}' has "
+            f"{data.num_labels}: it was not fine-tuned for this task; run `pgbert finetune` first"
+        )
 
 
 def _has_qa_head(name: str) -> bool:

@@ -32,6 +32,11 @@ def versions() -> dict[str, str]:
 def check_output_dir(path: str | Path, overwrite: bool) -> Path:
     """Fail early (before any work) if `path` exists and --overwrite was not given."""
     path = Path(path)
+    cwd = Path.cwd().resolve()
+    if path.resolve() == cwd or path.resolve() in cwd.parents:
+        raise PgbertError(
+            f"output folder {path} is the current folder or holds it; give a new folder, e.g. --output runs/out"
+        )
     if path.exists() and not overwrite:
         raise PgbertError(f"output folder {path} already exists; choose another --output or pass --overwrite")
     if path.exists() and not path.is_dir():

@@ -9,6 +9,7 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -85,12 +86,14 @@ def finetune(
     cfg: TrainConfig | None = None,
     masks: dict[str, torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train on data.train, evaluate on the main dev split, keep the best checkpoint (highest main metric;
     ties, common on small or easy dev sets, go to the lower dev loss, then to the later step).
 
     masks: parameter name -> 0/1 tensor held fixed (pruned weights stay exactly zero).
     teacher: dense model to distil from (logit KL at cfg.kd_temperature, weight cfg.kd_alpha).
+    progress: called with 1 after every optimiser step (a caller's own progress bar).
     Returns the model (best dev checkpoint) and a history dict.
     """
     cfg = cfg or TrainConfig()
@@ -147,6 +150,8 @@ def finetune(
             apply_masks(acc.unwrap_model(model), masks)
             step += 1
             bar.update(1)
+            if progress is not None:
+                progress(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if step % eval_every == 0 or step == total:
                 metrics = evaluate(

@@ -164,7 +164,7 @@ def test_prune_method_and_budget_errors(save_tiny, tmp_path, files, capsys, extr
 
 
 def test_prune_kwon_cli_writes_run_folder(save_tiny, tmp_path, files, capsys):
-    """`pgbert prune --method kwon` goes through the same path: compact model, masks and report."""
+    """`pgbert prune --method kwon` goes through the same path: compact model, masks (asked for) and report."""
     out = tmp_path / "out"
     args = ["prune", str(save_tiny()), "--task", "classification", "--train-file", str(files)]
     args += [
@@ -177,6 +177,7 @@ def test_prune_kwon_cli_writes_run_folder(save_tiny, tmp_path, files, capsys):
         "kwon",
         "--flops-ratio",
         "0.5",
+        "--save-masked",
     ]
     args += ["--calib-samples", "32", "--finetune-epochs", "0", "--batch-size", "16"]
     with pytest.raises(SystemExit) as exc:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -31,9 +35,14 @@ def _uses_token_types(model: nn.Module) -> bool:
     return cfg.get("model_type") != "distilbert" and cfg.get("type_vocab_size", 0) > 1
 
 
-def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 32, opset: int = 18) -> dict:
-    """Export to ONNX with dynamic batch and sequence axes; returns the onnxruntime check."""
-    import onnxruntime as ort
+def export_onnx(
+    model: nn.Module, path: str | Path, seq_len: int = 32, opset: int = 18, int8: bool = False
+) -> dict:
+    """Export to ONNX with dynamic batch and sequence axes; returns the onnxruntime check.
+
+    int8: write the model with ONNX Runtime's dynamic int8 quantization of every linear (weights int8 per
+    output channel, activations quantized at run time); the check then reports the difference, not a bound.
+    """
 
     path = Path(path)
     if path.exists() and path.is_dir():
@@ -56,28 +65,92 @@ def export_onnx(model: nn.Module, path: str | Path, seq_len: int = 32, opset: in
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {n: {0: batch, 1: seq} for n in names}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with torch.no_grad():
-        # The dynamo exporter: the TorchScript one mis-traces transformers v5's attention-mask creation.
-        torch.onnx.export(
-            wrapper,
-            tuple(args),
-            str(tmp),
-            input_names=names,
-            output_names=outs,
-            dynamic_shapes=shapes,
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-            external_data=False,
-        )
-        ref = wrapper(*args)
-    ref = [ref] if not qa else list(ref)
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {n: a.numpy() for n, a in zip(names, args)})
-    diff = max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, got))
-    if diff > 1e-3:
+    tmp = fp32 = path.with_suffix(path.suffix + ".tmp")
+    try:
+        with torch.no_grad(), _exporter_quiet():
+            # The dynamo exporter: the TorchScript one mis-traces transformers v5's attention-mask creation.
+            torch.onnx.export(
+                wrapper,
+                tuple(args),
+                str(tmp),
+                input_names=names,
+                output_names=outs,
+                dynamic_shapes=shapes,
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+                external_data=False,
+            )
+            ref = wrapper(*args)
+        ref = [ref] if not qa else list(ref)
+        diff = _max_diff(tmp, ref, dict(zip(names, args)))
+        if diff > 1e-3:
+            raise RuntimeError(f"onnxruntime output differs from torch by {diff:.2e}")
+        result = {"onnx": str(path), "max_abs_diff_vs_torch": diff, "inputs": names, "outputs": outs}
+        if int8:
+            tmp = path.with_suffix(path.suffix + ".int8.tmp")
+            quantize_int8(fp32, tmp)
+            result.update(int8=True, max_abs_diff_vs_torch=_max_diff(tmp, ref, dict(zip(names, args))))
+        tmp.replace(path)
+    finally:
+        fp32.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"onnxruntime output differs from torch by {diff:.2e}")
-    tmp.replace(path)
-    return {"onnx": str(path), "max_abs_diff_vs_torch": diff, "inputs": names, "outputs": outs}
+    return result
+
+
+@contextlib.contextmanager
+def _exporter_quiet():
+    """The exporter's own warnings (torchvision ops not registered, axis renaming, deprecations) say nothing
+    about the user's model: hide them; a failed export still raises."""
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        onnx_log.setLevel(level)
+
+
+def _max_diff(onnx_file: Path, ref: list[torch.Tensor], inputs: dict[str, torch.Tensor]) -> float:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {n: a.numpy() for n, a in inputs.items()})
+    return max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, got))
+
+
+def quantize_int8(src: str | Path, dst: str | Path) -> None:
+    """ONNX Runtime dynamic quantization of the MatMul/Gemm weights (int8, per output channel)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # its advice to pre-process (shape inference) is moot here
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session behind the interface pgbert's evaluation uses (config, forward -> logits)."""
+
+    def __init__(self, onnx_file: str | Path, config, threads: int | None = None):
+        super().__init__()
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.config = config
+
+    def forward(self, **batch):
+        feed = {k: batch[k].cpu().numpy().astype(np.int64) for k in self.inputs}
+        got = self.session.run(None, feed)
+        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in zip(self.outputs, got)})

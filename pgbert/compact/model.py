@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from torch import nn
+from transformers import AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification
 
 from ..adapters import adapter_for
 from ..errors import PgbertError
@@ -20,12 +20,22 @@ from .modeling_pgbert import (
     _layer_list,
 )
 
-MODELING_FILE = Path(__file__).with_name("modeling_pgbert.py")
 AUTO_MAP = {
     "AutoConfig": "modeling_pgbert.PgbertConfig",
     "AutoModelForSequenceClassification": "modeling_pgbert.PgbertForSequenceClassification",
     "AutoModelForQuestionAnswering": "modeling_pgbert.PgbertForQuestionAnswering",
 }
+
+
+def register_auto_classes() -> None:
+    """Make pgbert's own classes the local code for model_type 'pgbert', so that transformers loads compact
+    folders in this process (tokenizer and pipelines included) without asking to run their remote code."""
+    AutoConfig.register("pgbert", PgbertConfig, exist_ok=True)
+    AutoModelForSequenceClassification.register(PgbertConfig, PgbertForSequenceClassification, exist_ok=True)
+    AutoModelForQuestionAnswering.register(PgbertConfig, PgbertForQuestionAnswering, exist_ok=True)
+
+
+register_auto_classes()
 
 
 def _is_qa(model: nn.Module) -> bool:
@@ -68,9 +78,9 @@ def to_compact(pruned: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 def save(model: nn.Module, folder: str | Path, tokenizer=None) -> None:
+    """save_pretrained writes modeling_pgbert.py beside the weights (its classes register for it)."""
     folder = Path(folder)
     model.save_pretrained(folder)
-    shutil.copy(MODELING_FILE, folder / "modeling_pgbert.py")
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
 

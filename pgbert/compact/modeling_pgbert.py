@@ -175,3 +175,9 @@ class PgbertForSequenceClassification(_PgbertModel):
 
 class PgbertForQuestionAnswering(_PgbertModel):
     _auto_class_for_task = AutoModelForQuestionAnswering
+
+
+# save_pretrained from any load path writes this file and the auto_map beside the weights.
+PgbertConfig.register_for_auto_class()
+PgbertForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+PgbertForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")

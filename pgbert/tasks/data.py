@@ -181,16 +181,30 @@ def _read_table(path: Path) -> list[dict]:
                 return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
             return list(csv.DictReader(f))
     if suffix == ".jsonl":
+        rows = []
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append(_json(line, path, "one JSON object per line", line=n))
+        if not all(isinstance(r, dict) for r in rows):
+            raise PgbertError(f"{path}: every line must be a JSON object with the text and label fields")
+        return rows
     if suffix == ".json":
         with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
+            obj = _json(f.read(), path, "a JSON list of records")
         if isinstance(obj, dict) and "data" in obj:
             obj = obj["data"]
         if isinstance(obj, list):
             return obj
     raise PgbertError(f"{path}: unsupported data file; use .csv, .tsv, .json (a list of records) or .jsonl")
+
+
+def _json(text: str, path: Path, expected: str, line: int | None = None):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        where = f"line {line or e.lineno}, column {e.colno}"
+        raise PgbertError(f"{path}: invalid JSON at {where} ({e.msg}); expected {expected}") from None
 
 
 def _from_files(spec: TaskSpec, opts: DataOptions) -> TaskData:
