@@ -56,6 +56,32 @@ def timed(models: dict, batch: int, seq: int, rounds: int = 3, repeats: int = 3)
     return {k: statistics.median(v) for k, v in res.items()}
 
 
+def base_geometry(seed: int = 0):
+    """A random BERT-base classifier, its prunable names, magnitude scores and head values."""
+    torch.manual_seed(seed)
+    dense = BertForSequenceClassification(BertConfig(**BASE)).eval()
+    names = prunable_names(dense)
+    scores = magnitude_scores(dense, [n for layer in names for n in layer])
+    return dense, names, scores, head_importance(scores, names, BASE["num_attention_heads"])
+
+
+def prune_base(dense, names, scores, head_values, s: float):
+    """PGB's selection at sparsity s on magnitude scores: (masked, compact, options, masks, seconds)."""
+    t = time.perf_counter()
+    chosen, masks, _ = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
+    alloc_s = time.perf_counter() - t
+    pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
+    pruned.load_state_dict(dense.state_dict())
+    apply_masks(pruned, masks)
+    return pruned, to_compact(pruned, masks), chosen, masks, alloc_s
+
+
+def base_geometry_models(s: float):
+    """(dense, compact) BERT-base geometry models at sparsity s."""
+    dense, names, scores, head_values = base_geometry()
+    return dense, prune_base(dense, names, scores, head_values, s)[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=2)
@@ -66,21 +92,10 @@ def main() -> None:
     p.add_argument("--json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    dense = BertForSequenceClassification(BertConfig(**BASE)).eval()
-    names = prunable_names(dense)
-    flat = [n for layer in names for n in layer]
-    scores = magnitude_scores(dense, flat)
-    head_values = head_importance(scores, names, BASE["num_attention_heads"])
+    dense, names, scores, head_values = base_geometry()
     rows = []
     for s in a.sparsity:
-        t = time.perf_counter()
-        chosen, masks, _ = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
-        alloc_s = time.perf_counter() - t
-        pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
-        pruned.load_state_dict(dense.state_dict())
-        apply_masks(pruned, masks)
-        compact = to_compact(pruned, masks)
+        pruned, compact, chosen, masks, alloc_s = prune_base(dense, names, scores, head_values, s)
         kept = sum(int(m.sum()) for m in masks.values())
         ceil = ceiling_model(kept)
         with torch.no_grad():

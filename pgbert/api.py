@@ -353,7 +353,7 @@ def compare(
 DEMO_METHODS = ("pgb", "structured-fisher", "kwon")
 DEMO_SPARSITIES = (0.5, 0.88)
 DEMO_TRAIN = TrainConfig(epochs=1, lr=1e-4, eval_steps=100, quiet=True)
-DEMO_SECONDS = {"finetune_step": 0.8, "pgb": 150.0, "structured-fisher": 60.0, "kwon": 60.0}
+DEMO_SECONDS = {"finetune_step": 0.8, "pgb": 150, "structured-fisher": 60, "kwon": 60}
 
 
 def demo(
@@ -378,11 +378,12 @@ def demo(
         finetune_epochs=0.1,
     )
     train_steps = 0 if cached else 300  # one epoch of 9,568 sentences at batch 32 (299 steps, rounded)
-    per_row = {m: DEMO_SECONDS[m] for m in DEMO_METHODS}
-    work = train_steps * DEMO_SECONDS["finetune_step"] + seeds * len(DEMO_SPARSITIES) * sum(per_row.values())
-    print(_demo_intro(cached, cache, seeds, work))
+    tenths = {k: round(10 * v) for k, v in DEMO_SECONDS.items()}  # whole units: the bar ends at 100% exactly
+    rows = seeds * len(DEMO_SPARSITIES)
+    units = train_steps * tenths["finetune_step"] + rows * sum(tenths[m] for m in DEMO_METHODS)
+    print(_demo_intro(cached, cache, seeds, units / 10))
     bar = tqdm(
-        total=round(work),
+        total=units,
         desc="demo",
         disable=quiet,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} elapsed, about {remaining} left",
@@ -395,11 +396,11 @@ def demo(
             None,
             DEMO_TRAIN,
             overwrite=True,
-            progress=lambda n: bar.update(n * DEMO_SECONDS["finetune_step"]),
+            progress=lambda n: bar.update(n * tenths["finetune_step"]),
         )
 
     def row_done(r: dict) -> None:
-        bar.update(per_row[r["method"]])
+        bar.update(tenths[r["method"]])
         bar.write(
             f"{r['method']:18s} sparsity {r['sparsity']:.2f}: accuracy {r['oneshot']:.3f} one shot, "
             f"{r['finetuned']:.3f} re-finetuned (dense {r['dense']:.3f}), {r['speedup']:.2f}x faster"
@@ -407,7 +408,7 @@ def demo(
 
     compare(cache, "rt-sentiment", output, None, cfg, overwrite, on_row=row_done)
     bar.close()
-    print((Path(output) / "results.md").read_text())
+    print((Path(output) / "results.md").read_text().rstrip())
     print(f"plot: {Path(output) / 'results.png'}")
     return Path(output)
 

@@ -248,3 +248,36 @@ def test_removed_sublayers_are_named_and_a_lost_encoder_is_a_loud_warning():
     report = {"layers": [{}, {}], "dropped_sublayers": everything}
     api._warn_drops(report)
     assert report["warnings"][0].startswith("every encoder sublayer (4) was removed")
+
+
+def test_demo_says_what_it_will_do_then_ends_with_the_table_and_plot(tmp_path, monkeypatch, capsys):
+    """The demo's plan (with the expected MISSING report explained) comes first, one bar tracks the whole
+    run, and it ends with the table and the plot's path. Fine-tuning and comparing are stubbed here."""
+    monkeypatch.setattr(api.Path, "home", lambda: tmp_path)
+    seen = {"steps": 0, "rows": []}
+
+    def fake_finetune(model, task, output, data, cfg, overwrite=False, progress=None):
+        assert (model, task, cfg.epochs) == ("minilm", "rt-sentiment", 1)
+        for _ in range(300):
+            progress(1)
+            seen["steps"] += 1
+
+    def fake_compare(model, task, output, data, cfg, overwrite=False, on_row=None):
+        assert cfg.methods == api.DEMO_METHODS and cfg.sparsities == api.DEMO_SPARSITIES
+        for s in cfg.sparsities:
+            for m in cfg.methods:
+                row = {"method": m, "sparsity": s, "oneshot": 0.8, "finetuned": 0.85, "dense": 0.87}
+                on_row({**row, "speedup": 2.0})
+                seen["rows"].append(m)
+        api.Path(output).mkdir()
+        (api.Path(output) / "results.md").write_text("| the table |\n")
+
+    monkeypatch.setattr(api, "finetune", fake_finetune)
+    monkeypatch.setattr(api, "compare", fake_compare)
+    api.demo(tmp_path / "demo")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("pgbert demo:") and "MISSING" in out[1] and "expected" in out[1]
+    minutes = round((300 * 0.8 + 2 * (150 + 60 + 60)) / 60)
+    assert f"About {minutes} minutes on 2 CPU cores" in "\n".join(out[:5])
+    assert out[-2:] == ["| the table |", f"plot: {tmp_path / 'demo' / 'results.png'}"]
+    assert seen["steps"] == 300 and len(seen["rows"]) == 6
