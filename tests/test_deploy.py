@@ -148,13 +148,31 @@ def test_prune_writes_compact_model_and_card_and_the_masked_copy_only_on_request
 
 
 def test_int8_export_quantizes_every_compact_linear_and_keeps_accuracy(tokenizer, tmp_path, files):
-    compact = make_compact(tokenizer, tmp_path / "c")
+    """Weights above onnxscript's default folding size (8,192 elements) reach ONNX Runtime's quantizer
+    as initializers too: every linear becomes an integer matmul."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=256,
+        max_position_embeddings=160,
+    )
+    model = BertForSequenceClassification(cfg).eval()
+    masks = {n: torch.zeros_like(model.get_parameter(n)) for layer in prunable_names(model) for n in layer}
+    for m in masks.values():
+        m[:96, :] = 1  # 96 x 128 and more: above the default folding size
+    apply_masks(model, masks)
+    compact = to_compact(model, masks)
+    save(compact, tmp_path / "c", tokenizer)
     opts = DataOptions(train_file=str(files[0]), dev_file=str(files[1]))
     res = api.export(tmp_path / "c", tmp_path / "m8.onnx", int8=True, task="classification", data=opts)
     ops = collections.Counter(n.op_type for n in onnx.load(tmp_path / "m8.onnx").graph.node)
     linears = sum(isinstance(m, CompactLinear) for m in compact.modules())
-    # every compact linear (and the pooler and classifier) runs as an integer matmul
-    assert ops["MatMulInteger"] == linears + 2, ops
+    assert ops["MatMulInteger"] == linears + 2, ops  # and the pooler and the classifier
     fp32, int8 = res["metrics"]["torch"]["dev"], res["metrics"]["onnx_int8"]["dev"]
     assert abs(fp32["accuracy"] - int8["accuracy"]) <= 0.05
     assert abs(fp32["loss"] - int8["loss"]) <= 0.02

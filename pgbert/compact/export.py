@@ -83,6 +83,7 @@ def export_onnx(
             )
             ref = wrapper(*args)
         ref = [ref] if not qa else list(ref)
+        _fold_weight_ops(tmp)
         diff = _max_diff(tmp, ref, dict(zip(names, args)))
         if diff > 1e-3:
             raise RuntimeError(f"onnxruntime output differs from torch by {diff:.2e}")
@@ -96,6 +97,17 @@ def export_onnx(
         fp32.unlink(missing_ok=True)
         tmp.unlink(missing_ok=True)
     return result
+
+
+def _fold_weight_ops(onnx_file: Path) -> None:
+    """Fold the ops the exporter leaves on weights (slicing a block, transposing for the matmul) into
+    initializers, whatever their size (onnxscript's default folds only small tensors). ONNX Runtime's int8
+    quantizer then finds every linear's weight as an initializer in MatMul/Gemm layout."""
+    import onnx
+    from onnxscript import optimizer
+
+    model = optimizer.optimize(onnx.load(str(onnx_file)), input_size_limit=1 << 40, output_size_limit=1 << 40)
+    onnx.save(model, str(onnx_file))
 
 
 @contextlib.contextmanager
