@@ -65,10 +65,13 @@ def base_geometry(seed: int = 0):
     return dense, names, scores, head_importance(scores, names, BASE["num_attention_heads"])
 
 
-def prune_base(dense, names, scores, head_values, s: float):
-    """PGB's selection at sparsity s on magnitude scores: (masked, compact, options, masks, seconds)."""
+def prune_base(dense, names, scores, head_values, s: float | None = None, masks=None):
+    """PGB's selection at sparsity s on magnitude scores (or the given masks): (masked, compact, options,
+    masks, seconds)."""
     t = time.perf_counter()
-    chosen, masks, _ = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
+    chosen = None
+    if masks is None:
+        chosen, masks, _ = choose_masks(scores, names, OptionSpace(head_values=head_values), s)
     alloc_s = time.perf_counter() - t
     pruned = BertForSequenceClassification(BertConfig(**BASE)).eval()
     pruned.load_state_dict(dense.state_dict())

@@ -120,6 +120,8 @@ def prune(
     (or, with compact=False or an unstructured method, the masked one). With `output`, DIR holds that
     model, report.json and a model card (README.md); the masked model and its masks (`masked/`) only with
     save_masked (a masked model is always saved whole, with masks.safetensors, when it is the output)."""
+    import torch
+
     from .bench import measure
     from .card import model_card
     from .compact.model import save
@@ -143,7 +145,25 @@ def prune(
     result = pruned
     if compact:
         result, diff = _compact_and_check(pruned, masks, tokenizer, task_data, cfg.max_seq_length)
-        speed = measure(result, dense, batch_size=32, seq_len=cfg.flops_seq_len, repeats=6)
+        if cfg.latency_budget:  # measured where the budget was set: the profiled deployment setting
+            st = cfg.setting()
+            speed = measure(
+                result,
+                dense,
+                st.batch_size,
+                st.seq_len,
+                st.threads or None,
+                st.device,
+                repeats=9,
+                dtype=st.dtype,
+            )
+            report["latency"].update(
+                measured_ms=speed["model"]["median_ms"], measured_speedup=speed["speedup"]
+            )
+            dense.to("cpu", torch.float32)
+            result.to("cpu", torch.float32)
+        else:
+            speed = measure(result, dense, batch_size=32, seq_len=cfg.flops_seq_len, repeats=6)
         report["compact"] = {
             "max_abs_logit_diff_vs_pruned": diff,
             "params": speed["model"]["params"],
@@ -256,6 +276,27 @@ def export(
             ),
         }
     return result
+
+
+def profile(
+    model: str | Path,
+    device: str = "cpu",
+    threads: int = 0,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    dtype: str = "float32",
+    quiet: bool = False,
+) -> dict:
+    """The cost table of `model`'s geometry at this deployment setting (cached under ~/.cache/pgbert):
+    attention time per kept head count, FFN time over kept neurons x widths, the fixed part."""
+    from .profile import Setting, cost_table
+
+    net = _load_any(model)
+    if models._is_pgbert(models.resolve(model)):
+        from .errors import PgbertError
+
+        raise PgbertError(f"{model} is a compact model; profile the dense model it was pruned from")
+    return cost_table(net, Setting(device, threads, dtype, batch_size, seq_len), quiet=quiet).data
 
 
 def _load_any(model: str | Path) -> nn.Module:

@@ -36,12 +36,12 @@ def encoder_macs(model: nn.Module, seq_len: int) -> int:
     return total
 
 
-def environment(device: str, threads: int) -> dict:
+def environment(device: str, threads: int, dtype: str = "float32") -> dict:
     env = {
         "torch": torch.__version__,
         "device": device,
         "threads": threads,
-        "dtype": "float32",
+        "dtype": dtype,
         "cpu": platform.processor() or platform.machine(),
         "python": platform.python_version(),
     }
@@ -59,9 +59,10 @@ def latency(
     warmup: int = 3,
     repeats: int = 10,
     vocab: int = 1000,
+    dtype: str = "float32",
 ) -> dict:
     """Median wall time of a forward pass on random token ids (full attention mask)."""
-    model = model.to(device).eval()
+    model = model.to(device, getattr(torch, dtype)).eval()
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, vocab, (batch_size, seq_len), generator=g).to(device)
     mask = torch.ones_like(ids)
@@ -97,6 +98,7 @@ def measure(
     threads: int | None = None,
     device: str = "cpu",
     repeats: int = 10,
+    dtype: str = "float32",
 ) -> dict:
     """Latency of `model` (and of `against`, its dense reference), speedup and the FLOP-proportional limit.
 
@@ -107,17 +109,23 @@ def measure(
     res = {
         "batch_size": batch_size,
         "seq_len": seq_len,
-        "environment": environment(device, torch.get_num_threads()),
+        "environment": environment(device, torch.get_num_threads(), dtype),
         "model": {"params": params(model), "encoder_macs": encoder_macs(model, seq_len)},
     }
     if against is None:
-        res["model"].update(latency(model, batch_size, seq_len, device, repeats=repeats, vocab=vocab))
+        res["model"].update(
+            latency(model, batch_size, seq_len, device, repeats=repeats, vocab=vocab, dtype=dtype)
+        )
         return res
     res["against"] = {"params": params(against), "encoder_macs": encoder_macs(against, seq_len)}
     rounds = [
         (
-            latency(model, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab),
-            latency(against, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab),
+            latency(
+                model, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab, dtype=dtype
+            ),
+            latency(
+                against, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab, dtype=dtype
+            ),
         )
         for _ in range(3)
     ]

@@ -58,6 +58,14 @@ def _train_args(p: argparse.ArgumentParser, epochs: float) -> None:
     g.add_argument("--max-steps", type=int)
 
 
+def _setting_args(g, batch: str, seq: str) -> None:
+    g.add_argument("--device", default="cpu", help="cpu or cuda")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: all of torch's)")
+    g.add_argument(batch, type=int, default=32, help="batch size the model will serve")
+    g.add_argument(seq, type=int, default=128, help="sequence length the model will serve")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+
 def _data_options(a):
     from .tasks import DataOptions
 
@@ -131,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="kept fraction of encoder MACs at the dev set's average length (kwon; there --sparsity S means 1-S)",
     )
+    g = p.add_argument_group("latency budget (pgb): measured at the deployment setting, profiled once")
+    g.add_argument(
+        "--speedup", type=float, help="times faster than the dense model (alone or with --sparsity)"
+    )
+    g.add_argument("--latency-ms", type=float, help="at most this many ms per forward pass")
+    _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--compensation-samples", type=int, default=512)
     p.add_argument("--importance", choices=["fisher", "magnitude"], default="fisher")
@@ -215,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        name="profile",
+        help="measure the cost table (time per kept heads / FFN size) of a model's geometry on this machine",
+    )
+    p.add_argument("model")
+    _setting_args(p, batch="--batch-size", seq="--seq-len")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         name="compare",
         help="PGB against the baselines at several budgets and seeds",
     )
@@ -278,6 +301,13 @@ def run(argv: list[str] | None = None) -> int:
         cfg = PruneConfig(
             sparsity=a.sparsity,
             flops_ratio=a.flops_ratio,
+            speedup=a.speedup,
+            latency_ms=a.latency_ms,
+            device=a.device,
+            threads=a.threads,
+            target_batch_size=a.target_batch_size,
+            target_seq_len=a.target_seq_len,
+            dtype=a.dtype,
             method="pgb-identity" if a.no_permutation else a.method,
             importance=a.importance,
             calib_samples=a.calib_samples,
@@ -309,6 +339,12 @@ def run(argv: list[str] | None = None) -> int:
         )
         _print_prune(report)
         print(f"saved to {a.output}")
+    elif a.command == "profile":
+        t = api.profile(a.model, a.device, a.threads, a.batch_size, a.seq_len, a.dtype, a.quiet)
+        if a.json:
+            print(json.dumps(t, indent=2))
+        else:
+            _print_profile(t)
     elif a.command == "compact":
         api.compact(a.pruned_dir, a.output, a.overwrite)
         print(f"saved to {a.output}")
@@ -378,6 +414,21 @@ def _print_prune(r: dict) -> None:
             f"{c['dense_params']:,}  speedup {c['speedup']:.2f}x (FLOP limit {_limit(c)})"
         )
     print("timings " + "  ".join(f"{k}={v:.1f}s" for k, v in r["timings_s"].items()))
+
+
+def _print_profile(t: dict) -> None:
+    g, s = t["geometry"], t["setting"]
+    src = "cached" if t.get("cached") else f"measured in {t['seconds']:.0f} s"
+    print(f"cost table ({src}): {t.get('cache')}")
+    print(
+        f"  {s['device']} {t['environment'].get('threads') or ''} threads {s['dtype']}, batch {s['batch_size']} x "
+        f"seq {s['seq_len']}; {g['layers']} layers, hidden {g['hidden']}, {g['heads']} heads, FFN {g['ffn']}"
+    )
+    att = t["attention_ms"]
+    full = max(t["ffn_in_ms"], key=int)
+    ffn = t["ffn_in_ms"][full][-1] + t["ffn_out_ms"][full][-1]
+    print(f"  per layer: attention {att[-1]:.2f} ms (1 head {att[1]:.2f} ms), FFN {ffn:.2f} ms")
+    print(f"  fixed (embeddings, LayerNorms, head): {t['fixed_ms']:.2f} ms")
 
 
 def _limit(res: dict) -> str:

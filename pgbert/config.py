@@ -14,6 +14,14 @@ MIN_CALIB = 32
 class PruneConfig:
     sparsity: float | None = None  # pruned fraction of encoder linear weights (the CoFi convention)
     flops_ratio: float | None = None  # kept fraction of encoder MACs (methods with a MAC budget: kwon)
+    # latency budget (pgb): measured time at the deployment setting below, from a profiled cost table
+    speedup: float | None = None  # times faster than the dense model
+    latency_ms: float | None = None  # a forward pass at the deployment setting takes at most this
+    device: str = "cpu"
+    threads: int = 0  # 0: all of torch's threads
+    target_batch_size: int = 32
+    target_seq_len: int = 128
+    dtype: str = "float32"
     method: str = "pgb"
     importance: str = "fisher"  # "fisher" | "magnitude"
     calib_samples: int = 2048
@@ -49,8 +57,18 @@ class PruneConfig:
 
         if self.method not in METHODS:
             raise PgbertError(f"unknown method '{self.method}'; choose from {', '.join(METHODS)}")
-        if self.sparsity is None and self.flops_ratio is None:
-            raise PgbertError("give a budget: --sparsity S (pruned weight fraction) or --flops-ratio R")
+        if self.sparsity is None and self.flops_ratio is None and not self.latency_budget:
+            raise PgbertError(
+                "give a budget: --sparsity S (pruned weight fraction), --speedup X or --flops-ratio R"
+            )
+        if self.speedup is not None and not self.speedup > 1.0:
+            raise PgbertError(f"--speedup must be above 1 (2 = twice as fast as dense), got {self.speedup}")
+        if self.latency_ms is not None and not self.latency_ms > 0:
+            raise PgbertError(f"--latency-ms must be positive, got {self.latency_ms}")
+        if self.latency_budget:
+            from .profile import check_setting
+
+            check_setting(self.setting())
         if self.sparsity is not None and not 0.0 < self.sparsity < 1.0:
             raise PgbertError(f"--sparsity must be in (0, 1), got {self.sparsity}")
         if self.flops_ratio is not None and not 0.0 < self.flops_ratio < 1.0:
@@ -68,6 +86,16 @@ class PruneConfig:
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
         get_method(self.method).check_budget(self)
+
+    @property
+    def latency_budget(self) -> bool:
+        return self.speedup is not None or self.latency_ms is not None
+
+    def setting(self):
+        """The deployment setting a latency budget is measured at."""
+        from .profile import Setting
+
+        return Setting(self.device, self.threads, self.dtype, self.target_batch_size, self.target_seq_len)
 
     def to_dict(self) -> dict:
         return asdict(self)

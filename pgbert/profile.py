@@ -37,6 +37,7 @@ WIDTH_FRACTIONS = (
     1.0,
 )  # the knapsack's free widths of an FFN pair (PAIR_FREE_FRACTIONS)
 CACHE = Path.home() / ".cache" / "pgbert" / "profiles"
+MIN_RUN_TIME = 0.2  # seconds of timing per grid point (torch.utils.benchmark's blocked_autorange)
 
 
 @dataclass(frozen=True)
@@ -136,12 +137,17 @@ def _linear(rows: int, cols: int, n_in: int, n_out: int, blocks: int = 1) -> Com
 
 
 def measure_table(
-    geometry: Geometry, setting: Setting, fixed_model=None, min_run_time: float = 0.2, quiet: bool = True
+    geometry: Geometry,
+    setting: Setting,
+    fixed_model=None,
+    min_run_time: float | None = None,
+    quiet: bool = True,
 ) -> CostTable:
     """Time every option of one layer at `setting` (see the module doc)."""
     from tqdm.auto import tqdm
 
     g, s = geometry, setting
+    min_run_time = min_run_time or MIN_RUN_TIME
     dtype, dev = DTYPES[s.dtype], s.device
     if s.threads and dev == "cpu":
         torch.set_num_threads(s.threads)
@@ -230,7 +236,9 @@ class _WholeModel(torch.nn.Module):
     def __init__(self, model, s: Setting):
         super().__init__()
         self.model = model
-        self.ids = torch.randint(5, 1000, (s.batch_size, s.seq_len), device=s.device)
+        cfg = getattr(model.config, "base_config", None) or model.config.to_dict()
+        vocab = min(int(cfg.get("vocab_size", 1000)), 1000)
+        self.ids = torch.randint(5, vocab, (s.batch_size, s.seq_len), device=s.device)
         self.mask = torch.ones_like(self.ids)
 
     def forward(self, _):
@@ -262,7 +270,7 @@ def cache_path(geometry: Geometry, s: Setting, cache: Path = CACHE) -> Path:
     return cache / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 
-def cost_table(model, s: Setting, cache: Path | None = CACHE, quiet: bool = True) -> CostTable:
+def cost_table(model, s: Setting, cache: Path | None = None, quiet: bool = True) -> CostTable:
     """The cached table for this model's geometry at `s`, or a new measurement (then cached)."""
     from .adapters import adapter_for
 
@@ -272,22 +280,21 @@ def cost_table(model, s: Setting, cache: Path | None = CACHE, quiet: bool = True
     geometry = Geometry(
         len(a.layers(model)), a.hidden_size(cfg), a.num_heads(cfg), a.ffn_size(cfg), a.activation(cfg)
     )
-    path = cache_path(geometry, s, cache) if cache is not None else None
-    if path is not None and path.is_file():
+    path = cache_path(geometry, s, cache or CACHE)
+    if path.is_file():
         data = json.loads(path.read_text())
         if data.get("machine") == machine():
             log.info("cost table from %s", path)
-            return CostTable(data)
+            return CostTable({**data, "cache": str(path), "cached": True})
         log.warning(
             "ignoring the cost table in %s: measured on another machine (%s)", path, data.get("machine")
         )
     table = measure_table(geometry, s, _fixed_model(model), quiet=quiet)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(table.data, indent=1))
-        tmp.replace(path)
-    table.data["cache"] = str(path) if path else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(table.data, indent=1))
+    tmp.replace(path)
+    table.data.update(cache=str(path), cached=False)
     return table
 
 

@@ -46,9 +46,14 @@ class Method:
     sampling: str = "shuffle"  # calibration draw: "shuffle" (without replacement) | "with-replacement"
     budget: str = "weights"  # "weights": --sparsity | "macs": --flops-ratio (or MACs <= 1 - --sparsity)
     structured: bool = True  # False: masks a compact model cannot use (no speedup)
+    latency: bool = False  # True: takes a measured-time budget (--speedup / --latency-ms)
 
     def check_budget(self, cfg) -> None:
-        if self.budget == "weights" and cfg.sparsity is None:
+        if cfg.latency_budget and not self.latency:
+            raise PgbertError(
+                f"method {self.name} has no latency budget; give --sparsity (or use --method pgb)"
+            )
+        if self.budget == "weights" and cfg.sparsity is None and not cfg.latency_budget:
             raise PgbertError(f"method {self.name} prunes to a weight budget: give --sparsity")
 
     def importance(self, dense: nn.Module, calib: Calibration, cfg) -> Any:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..adapters import adapter_for, prunable_names
-from ..stages.allocation import OptionSpace, choose_masks
+from ..errors import PgbertError
+from ..stages.allocation import LatencyInfeasible, OptionSpace, choose_masks, predicted_ms
 from ..stages.compensation import compensate, task_loss
 from ..stages.importance import (
     fisher,
@@ -27,6 +28,7 @@ from .base import Calibration, Method, Selection
 
 class PGB(Method):
     name = "pgb"
+    latency = True
 
     def __init__(self, permute: bool = True):
         self.permute = permute
@@ -53,20 +55,23 @@ class PGB(Method):
         each step prunes and compensates a copy of the dense model and scores it afresh (stage 1 again,
         on the same calibration data), and the last step's scores choose the masks."""
         steps = []
+        budget = LatencyBudget.of(dense, cfg)
         for t in range(1, cfg.importance_steps):
             start = time.perf_counter()
-            sparsity = 1 - (1 - cfg.sparsity) ** (t / cfg.importance_steps)
-            sel = self._select(dense, scores, calib, replace(cfg, sparsity=sparsity, drop_check=False))
+            frac = t / cfg.importance_steps
+            sparsity = None if cfg.sparsity is None else 1 - (1 - cfg.sparsity) ** frac
+            step_cfg = replace(cfg, sparsity=sparsity, drop_check=False)
+            sel = self._select(dense, scores, calib, step_cfg, budget.partway(frac) if budget else None)
             partial = copy.deepcopy(dense)
             apply_masks(partial, sel.masks)
             self.update(dense, partial, sel, scores, calib, cfg)
             scores = self.importance(partial, calib, cfg)
             steps.append({"sparsity": sparsity, "seconds": time.perf_counter() - start})
-        sel = self._select(dense, scores, calib, cfg)
+        sel = self._select(dense, scores, calib, cfg, budget)
         sel.report["importance_steps"] = steps
         return sel
 
-    def _select(self, dense: nn.Module, scores, calib: Calibration, cfg) -> Selection:
+    def _select(self, dense: nn.Module, scores, calib: Calibration, cfg, budget=None) -> Selection:
         weight_scores, head_values = scores
         space = OptionSpace(
             whole_heads=cfg.attention == "heads",
@@ -81,8 +86,14 @@ class PGB(Method):
         )
         names = prunable_names(dense)
         measure = drop_measure(dense, calib, cfg) if cfg.drop_check and cfg.allow_drop else None
-        chosen, masks, checks = choose_masks(weight_scores, names, space, cfg.sparsity, measure)
+        latency = budget.knapsack() if budget else None
+        try:
+            chosen, masks, checks = choose_masks(weight_scores, names, space, cfg.sparsity, measure, latency)
+        except LatencyInfeasible as e:
+            raise budget.unreachable(e) from None
         report = {"matrices": matrix_report(weight_scores, chosen, masks), "drop_checks": checks}
+        if budget:
+            report["latency"] = budget.report(predicted_ms(chosen, names, budget.table, budget.head_dim))
         return Selection(masks, {"chosen": chosen}, report)
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
@@ -99,6 +110,67 @@ class PGB(Method):
             quiet=cfg.quiet,
             target=cfg.compensation_target,
         )
+
+
+@dataclass
+class LatencyBudget:
+    """A measured-time budget: the cost table at the deployment setting and the time left for the encoder's
+    sublayers (the target time less the fixed part: embeddings, LayerNorms, head)."""
+
+    table: object
+    head_dim: int
+    target_ms: float
+    target_speedup: float
+
+    @classmethod
+    def of(cls, dense: nn.Module, cfg) -> LatencyBudget | None:
+        if not cfg.latency_budget:
+            return None
+        from ..profile import cost_table
+
+        table = cost_table(dense, cfg.setting(), quiet=cfg.quiet)
+        dense_ms = table.dense_ms()
+        target = cfg.latency_ms if cfg.latency_ms is not None else dense_ms / cfg.speedup
+        if cfg.speedup is not None and cfg.latency_ms is not None:
+            target = min(target, dense_ms / cfg.speedup)
+        head_dim = adapter_for(dense.config).head_size(dense.config)
+        return cls(table, head_dim, target, dense_ms / target)
+
+    @property
+    def sublayer_ms(self) -> float:
+        return self.target_ms - self.table.fixed_ms
+
+    def partway(self, frac: float) -> LatencyBudget:
+        """The budget a fraction `frac` of the way (geometrically, in sublayer time) from dense to this one."""
+        dense_layers = self.table.dense_ms() - self.table.fixed_ms
+        layers = dense_layers * (max(self.sublayer_ms, 1e-9) / dense_layers) ** frac
+        return LatencyBudget(self.table, self.head_dim, layers + self.table.fixed_ms, self.target_speedup)
+
+    def knapsack(self) -> tuple:
+        if self.sublayer_ms <= 0:
+            raise self.unreachable(None)
+        return self.table, self.head_dim, self.sublayer_ms
+
+    def unreachable(self, e: LatencyInfeasible | None) -> PgbertError:
+        fastest = self.table.fixed_ms + (e.fastest_ms if e else 0.0)
+        return PgbertError(
+            f"{self.target_speedup:.2f}x ({self.target_ms:.1f} ms) is out of reach at this setting: the largest "
+            f"reachable speedup is {self.table.dense_ms() / fastest:.2f}x ({fastest:.1f} ms); ask for less"
+        )
+
+    def report(self, predicted: float) -> dict:
+        dense_ms = self.table.dense_ms()
+        return {
+            "target_ms": self.target_ms,
+            "target_speedup": self.target_speedup,
+            "predicted_ms": predicted,
+            "predicted_speedup": dense_ms / predicted,
+            "dense_predicted_ms": dense_ms,
+            "fixed_ms": self.table.fixed_ms,
+            "setting": self.table.data["setting"],
+            "environment": self.table.data["environment"],
+            "cost_table": self.table.data.get("cache"),
+        }
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):

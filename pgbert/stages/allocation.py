@@ -113,29 +113,40 @@ def _grouped_blocks(g, kept: list[int]) -> Callable[[], Blocks]:
     return make
 
 
-def allocate(options: list[list[Option]], budget: float, time_limit: float = 60.0) -> list[int]:
-    """Multiple-choice knapsack, solved exactly: one option index per item, total cost <= budget, total
-    value maximal (scipy.optimize.milp, HiGHS; relative gap 1e-6). A budget that even the cheapest option
-    of every item exceeds is infeasible and raises InfeasibleBudget."""
+def allocate(
+    options: list[list[Option]], budget: float, time_limit: float = 60.0, ms_budget: float | None = None
+) -> list[int]:
+    """Multiple-choice knapsack, solved exactly: one option index per item, total cost <= budget (and, with
+    ms_budget, total measured time `ms` <= ms_budget), total value maximal (scipy.optimize.milp, HiGHS;
+    relative gap 1e-6). A budget that even the cheapest option of every item exceeds is infeasible and
+    raises InfeasibleBudget."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     from scipy.sparse import csr_array
 
     cheapest = sum(min(o.cost for o in opts) for opts in options)
     if cheapest > budget:
         raise InfeasibleBudget(cheapest, budget)
+    if ms_budget is not None:
+        fastest = sum(min(o.ms for o in opts) for opts in options)
+        if fastest > ms_budget:
+            raise InfeasibleBudget(fastest, ms_budget, "ms")
     costs = np.array([o.cost for opts in options for o in opts], dtype=float)
     values = np.array([o.value for opts in options for o in opts], dtype=float)
     item = np.repeat(np.arange(len(options)), [len(o) for o in options])
     scale = float(np.abs(values).max()) or 1.0
     one_each = csr_array((np.ones(len(item)), (item, np.arange(len(item)))), shape=(len(options), len(item)))
+    constraints = [
+        LinearConstraint(one_each, 1, 1),
+        LinearConstraint(costs[None, :] / max(budget, 1.0), -np.inf, budget / max(budget, 1.0)),
+    ]
+    if ms_budget is not None:
+        ms = np.array([o.ms for opts in options for o in opts], dtype=float)
+        constraints.append(LinearConstraint(ms[None, :] / ms_budget, -np.inf, 1.0))
     res = milp(
         -values / scale,
         integrality=np.ones(len(item)),
         bounds=Bounds(0, 1),
-        constraints=[
-            LinearConstraint(one_each, 1, 1),
-            LinearConstraint(costs[None, :] / max(budget, 1.0), -np.inf, budget / max(budget, 1.0)),
-        ],
+        constraints=constraints,
         options={"time_limit": time_limit, "mip_rel_gap": 1e-6},
     )
     if res.x is None:
@@ -146,13 +157,20 @@ def allocate(options: list[list[Option]], budget: float, time_limit: float = 60.
     spent = sum(opts[i].cost for opts, i in zip(options, pick))
     if spent > budget:  # rounding of the scaled constraint; never return an over-budget choice
         raise RuntimeError(f"knapsack choice costs {spent} > budget {budget}")
+    if ms_budget is not None:
+        spent_ms = sum(opts[i].ms for opts, i in zip(options, pick))
+        if spent_ms > ms_budget * (1 + 1e-9):
+            raise RuntimeError(f"knapsack choice takes {spent_ms:.3f} ms > budget {ms_budget:.3f} ms")
     return pick
 
 
 class InfeasibleBudget(ValueError):
-    def __init__(self, cheapest: float, budget: float):
-        super().__init__(f"the cheapest choice keeps {cheapest:.0f} weights, over the budget of {budget:.0f}")
-        self.cheapest, self.budget = cheapest, budget
+    def __init__(self, cheapest: float, budget: float, unit: str = "weights"):
+        what = f"keeps {cheapest:.0f} weights" if unit == "weights" else f"takes {cheapest:.2f} ms"
+        super().__init__(
+            f"the cheapest choice {what}, over the budget of {budget:.{0 if unit == 'weights' else 2}f}"
+        )
+        self.cheapest, self.budget, self.unit = cheapest, budget, unit
 
 
 def blocks_to_mask(shape: tuple[int, int], blocks: Blocks) -> torch.Tensor:
@@ -301,15 +319,13 @@ def head_options(shapes: list[tuple[int, int]], head_value: torch.Tensor) -> lis
     return out
 
 
-# Time of a dense GEMM over time of k blocks holding the same weights (shared/PERF.md, 2-core CPU).
-GROUPED_EFFICIENCY = {2: 0.95, 3: 0.85, 4: 0.8, 5: 0.75, 6: 0.7, 7: 0.67, 8: 0.65}
-
-
 @dataclass
 class Choice:
-    """One knapsack option for an item (one matrix, or a pair deciding its shared index set jointly)."""
+    """One knapsack option for an item (one matrix, or a pair deciding its shared index set jointly).
+    ms: its measured time at the deployment setting (set by price_items for latency budgets)."""
 
     parts: tuple[Option, ...]
+    ms: float = 0.0
 
     @property
     def cost(self) -> int:
@@ -317,12 +333,42 @@ class Choice:
 
     @property
     def value(self) -> float:
-        """Kept score, discounted for block-diagonal layouts by how fast they run (PERF.md): the knapsack
-        then takes G blocks only where they keep clearly more than one dense sub-matrix."""
-        return sum(
-            o.value * GROUPED_EFFICIENCY.get(o.blocks_kept, 0.6) if o.kind == "grouped" else o.value
-            for o in self.parts
-        )
+        return sum(o.value for o in self.parts)
+
+
+def price_items(items: list, names: list[list[str]], table, head_dim: int) -> None:
+    """Set every choice's time from a measured cost table (pgbert.profile.CostTable): attention by its kept
+    head count, an FFN pair by kept neurons x input width x output width (or its grouped layout)."""
+    kinds = {tuple(layer[:4]): "heads" for layer in names} | {tuple(layer[4:]): "ffn" for layer in names}
+    for item, choices in items:
+        kind = kinds.get(tuple(item))
+        if kind is None:
+            raise PgbertError(
+                "a latency budget needs the default option space (whole heads, FFN pairs); "
+                "drop --attention blocks and the pairing ablations"
+            )
+        for c in choices:
+            c.ms = _parts_ms(kind, c.parts, table, head_dim)
+
+
+def predicted_ms(chosen: dict[str, Option], names: list[list[str]], table, head_dim: int) -> float:
+    """The cost table's time of a whole choice: the fixed part plus every layer's attention and FFN."""
+    total = table.fixed_ms
+    for layer in names:
+        total += _parts_ms("heads", [chosen[n] for n in layer[:4]], table, head_dim)
+        total += _parts_ms("ffn", [chosen[n] for n in layer[4:]], table, head_dim)
+    return total
+
+
+def _parts_ms(kind: str, parts, table, head_dim: int) -> float:
+    a, b = parts[0], parts[-1]
+    if a.kind == "empty":
+        return 0.0
+    if kind == "heads":
+        return table.attention_ms[a.shape[0] // head_dim]
+    if a.kind == "grouped":
+        return table.grouped_ms[(a.groups, a.blocks_kept)]
+    return table.ffn_ms(a.shape[0], a.shape[1], b.shape[0])  # FFN-in (neurons x in), FFN-out (out x neurons)
 
 
 @dataclass(frozen=True)
@@ -392,20 +438,24 @@ def choose_options(
     sparsity: float,
     keep: frozenset[str] = frozenset(),
     items: list | None = None,
+    ms_budget: float | None = None,
 ) -> dict[str, Option]:
-    """Grouping options per item and the knapsack choice under (1 - sparsity) x the prunable weights.
-    Sublayers that drop free their partner matrices' budget, so allocation repeats with those forced
-    empty (the drop loop). Items holding a matrix named in `keep` may not drop (the drop check's
-    alternative)."""
+    """Grouping options per item and the knapsack choice under (1 - sparsity) x the prunable weights (no
+    weight limit when sparsity is None) and, with ms_budget, under that measured time of the sublayers
+    (items priced by price_items). Sublayers that drop free their partner matrices' budget, so allocation
+    repeats with those forced empty (the drop loop). Items holding a matrix named in `keep` may not drop
+    (the drop check's alternative)."""
     total = sum(scores[n].numel() for layer in names for n in layer)
-    budget = (1.0 - sparsity) * total
-    items = items or build_items(scores, names, space, sparsity)
+    budget = total if sparsity is None else (1.0 - sparsity) * total
+    items = items or build_items(scores, names, space, sparsity or 0.0)
     forced: set[str] = set()
     for _ in range(4):
         cand = [_restrict(choices, set(item), forced, keep) for item, choices in items]
         try:
-            pick = allocate(cand, budget)
+            pick = allocate(cand, budget, ms_budget=ms_budget)
         except InfeasibleBudget as e:
+            if e.unit == "ms":
+                raise LatencyInfeasible(e.cheapest, e.budget) from None
             raise PgbertError(
                 f"sparsity {sparsity} cannot be met: {e}; use a lower --sparsity or allow layer dropping"
             ) from None
@@ -423,6 +473,16 @@ def choose_options(
     return chosen
 
 
+class LatencyInfeasible(PgbertError):
+    """A time budget below what the fastest allowed choice takes; the caller names the reachable speedup."""
+
+    def __init__(self, fastest_ms: float, budget_ms: float):
+        super().__init__(
+            f"the fastest choice takes {fastest_ms:.2f} ms, over the budget of {budget_ms:.2f} ms"
+        )
+        self.fastest_ms, self.budget_ms = fastest_ms, budget_ms
+
+
 def _restrict(choices: list[Choice], item: set[str], forced: set[str], keep: frozenset[str]) -> list[Choice]:
     if item & keep:
         return [c for c in choices if all(o.kind != "empty" for o in c.parts)]
@@ -435,14 +495,20 @@ def choose_masks(
     scores: dict[str, torch.Tensor],
     names: list[list[str]],
     space: OptionSpace,
-    sparsity: float,
+    sparsity: float | None,
     measure: Callable[[dict[str, torch.Tensor]], float] | None = None,
+    latency: tuple | None = None,
 ) -> tuple[dict[str, Option], dict[str, torch.Tensor], list[dict]]:
     """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation). With
     `measure` (masks -> measured loss, lower is better), every sublayer the knapsack drops is checked
-    against the allocation that must keep it (the drop check): it drops only if that measures better."""
-    items = build_items(scores, names, space, sparsity)
-    chosen = choose_options(scores, names, space, sparsity, items=items)
+    against the allocation that must keep it (the drop check): it drops only if that measures better.
+    latency: (cost table, head dim, ms budget of the sublayers) for a measured-time budget."""
+    items = build_items(scores, names, space, sparsity or 0.0)
+    ms_budget = None
+    if latency is not None:
+        table, head_dim, ms_budget = latency
+        price_items(items, names, table, head_dim)
+    chosen = choose_options(scores, names, space, sparsity, items=items, ms_budget=ms_budget)
     masks = masks_of(chosen, scores, names)
     checks: list[dict] = []
     drops = dropped_sublayers(chosen, names)
@@ -453,7 +519,7 @@ def choose_masks(
         if not all(chosen[n].kind == "empty" for n in sub):
             continue  # an earlier check already kept it
         try:
-            alt = choose_options(scores, names, space, sparsity, keep | set(sub), items)
+            alt = choose_options(scores, names, space, sparsity, keep | set(sub), items, ms_budget)
         except PgbertError:
             continue  # the budget cannot keep it
         alt_masks = masks_of(alt, scores, names)
