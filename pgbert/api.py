@@ -172,7 +172,7 @@ def prune(
             "dense_latency_ms": speed["against"]["median_ms"],
             "speedup": speed["speedup"],
             "flops_limit_speedup": speed["flops_limit_speedup"],
-            "bench": {k: speed[k] for k in ("batch_size", "seq_len", "environment")},
+            "bench": {k: speed[k] for k in ("batch_size", "seq_len", "environment", "spread", "busy")},
         }
     if output is not None:
         with atomic_run_dir(output, overwrite) as tmp:

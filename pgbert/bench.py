@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import resource
 import statistics
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,13 +38,29 @@ def encoder_macs(model: nn.Module, seq_len: int) -> int:
     return total
 
 
+log = logging.getLogger("pgbert")
+
+
+def machine() -> str:
+    """What identifies the hardware a timing or a cost table was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo").read().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.node()} {cpu}"
+
+
 def environment(device: str, threads: int, dtype: str = "float32") -> dict:
     env = {
         "torch": torch.__version__,
         "device": device,
         "threads": threads,
         "dtype": dtype,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": machine(),
         "python": platform.python_version(),
     }
     if device.startswith("cuda"):
@@ -90,6 +108,11 @@ def params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+BUSY_SPREAD = (
+    0.10  # interquartile range of the per-round speedups over their median: above, the machine was busy
+)
+
+
 def measure(
     model: nn.Module,
     against: nn.Module | None,
@@ -102,7 +125,9 @@ def measure(
 ) -> dict:
     """Latency of `model` (and of `against`, its dense reference), speedup and the FLOP-proportional limit.
 
-    The two are timed interleaved, round by round, so machine noise hits both alike."""
+    The two are timed interleaved, one forward pass each per round, so machine noise hits both alike; the
+    speedup is the median of the per-round ratios, and `spread` (their interquartile range over the
+    median) says how steady the machine was: above BUSY_SPREAD a warning is logged and `busy` is set."""
     if threads:
         torch.set_num_threads(threads)
     vocab = _vocab(model)
@@ -118,21 +143,28 @@ def measure(
         )
         return res
     res["against"] = {"params": params(against), "encoder_macs": encoder_macs(against, seq_len)}
-    rounds = [
-        (
-            latency(
-                model, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab, dtype=dtype
-            ),
-            latency(
-                against, batch_size, seq_len, device, repeats=max(1, repeats // 3), vocab=vocab, dtype=dtype
-            ),
+    rounds = max(repeats, 5)
+    warm = [latency(m, batch_size, seq_len, device, 2, 1, vocab, dtype) for m in (model, against)]
+    times = [[], []]
+    for _ in range(rounds):
+        for i, m in enumerate((model, against)):
+            times[i].append(latency(m, batch_size, seq_len, device, 0, 1, vocab, dtype)["median_ms"])
+    for key, i in (("model", 0), ("against", 1)):
+        res[key]["median_ms"] = statistics.median(times[i])
+        res[key]["rounds"] = rounds
+        res[key].update({k: v for k, v in warm[i].items() if k.startswith("peak")})
+    ratios = sorted(d / m for m, d in zip(*times))
+    q1, q3 = np.percentile(ratios, [25, 75])
+    res["speedup"] = statistics.median(ratios)
+    res["spread"] = float((q3 - q1) / res["speedup"])
+    res["busy"] = res["spread"] > BUSY_SPREAD
+    if res["busy"]:
+        log.warning(
+            "timings spread %.0f%% between rounds: the machine was busy, so the speedup (%.2fx) is uncertain; "
+            "rerun `pgbert bench` on a quiet machine",
+            100 * res["spread"],
+            res["speedup"],
         )
-        for _ in range(3)
-    ]
-    for key, idx in (("model", 0), ("against", 1)):
-        res[key]["median_ms"] = statistics.median(r[idx]["median_ms"] for r in rounds)
-        res[key].update({k: v for k, v in rounds[-1][idx].items() if k.startswith("peak")})
-    res["speedup"] = res["against"]["median_ms"] / res["model"]["median_ms"]
     macs = res["model"]["encoder_macs"]  # 0 when every sublayer was removed: no finite limit
     res["flops_limit_speedup"] = res["against"]["encoder_macs"] / macs if macs else None
     return res

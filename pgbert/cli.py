@@ -267,16 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _log_warnings_to_stderr() -> None:
-    """pgbert's warnings (e.g. removed sublayers) as `warning: ...` lines on stderr, --quiet or not."""
+    """pgbert's warnings (e.g. removed sublayers) as `warning: ...` lines on this run's stderr."""
     import logging
 
     logger = logging.getLogger("pgbert")
-    if not any(getattr(h, "_pgbert_cli", False) for h in logger.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setLevel(logging.WARNING)
-        h.setFormatter(logging.Formatter("warning: %(message)s"))
-        h._pgbert_cli = True
-        logger.addHandler(h)
+    for h in [h for h in logger.handlers if getattr(h, "_pgbert_cli", False)]:
+        logger.removeHandler(h)  # bound to an earlier run's stderr
+    h = logging.StreamHandler(sys.stderr)
+    h.setLevel(logging.WARNING)
+    h.setFormatter(logging.Formatter("warning: %(message)s"))
+    h._pgbert_cli = True
+    logger.addHandler(h)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -365,7 +366,14 @@ def run(argv: list[str] | None = None) -> int:
                 print(
                     f"{a.against}: {res['against']['median_ms']:.1f} ms  params {res['against']['params']:,}"
                 )
-                print(f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {_limit(res)})")
+                print(
+                    f"speedup {res['speedup']:.2f}x  (FLOP-proportional limit {_limit(res)}; spread between "
+                    f"rounds {100 * res['spread']:.0f}%{', machine busy' if res['busy'] else ''})"
+                )
+            env = res["environment"]
+            print(
+                f"on {env['cpu']}, {env['device']}, {env['threads']} threads, {env['dtype']}, torch {env['torch']}"
+            )
     elif a.command == "compare":
         from .comparison import METHODS, CompareConfig
 

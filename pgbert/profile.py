@@ -6,15 +6,17 @@ width (gathers and output maps included, as the compact builder lays them out) a
 plus the fixed cost (embeddings, LayerNorms, pooler and head: the model with every sublayer removed).
 Timed with torch.utils.benchmark (blocked_autorange; CUDA synchronised by it). Between grid points of kept
 neurons the time is interpolated linearly. Tables are cached per (device, threads, dtype, geometry, batch,
-seq) under ~/.cache/pgbert/profiles with the machine recorded; a table from another machine is ignored.
+seq) under ~/.cache/pgbert/profiles ($PGBERT_CACHE_DIR/profiles) with the machine recorded; a table from
+another machine is ignored.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
-import platform
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
+from .bench import environment, machine
 from .compact.build import DENSE_COLS, DENSE_ROWS
 from .compact.modeling_pgbert import CompactAttention, CompactLinear
 from .errors import PgbertError
@@ -36,7 +39,9 @@ WIDTH_FRACTIONS = (
     3 / 4,
     1.0,
 )  # the knapsack's free widths of an FFN pair (PAIR_FREE_FRACTIONS)
-CACHE = Path.home() / ".cache" / "pgbert" / "profiles"
+CACHE = Path(os.environ.get("PGBERT_CACHE_DIR") or Path.home() / ".cache" / "pgbert") / "profiles"
+TABLE_VERSION = 3  # part of the cache key: tables measured by older code are not reused
+COPIES = 4  # module copies timed in turn per grid point
 MIN_RUN_TIME = 0.2  # seconds of timing per grid point (torch.utils.benchmark's blocked_autorange)
 
 
@@ -58,19 +63,6 @@ class Geometry:
     heads: int
     ffn: int
     act: str = "gelu"
-
-
-def machine() -> str:
-    """What identifies the hardware a table was measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.node()} {cpu}"
 
 
 class CostTable:
@@ -115,7 +107,8 @@ class CostTable:
 def _time_ms(fn, min_run_time: float) -> float:
     with torch.no_grad():
         fn()  # warm-up
-        m = benchmark.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+        timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        m = timer.blocked_autorange(min_run_time=min_run_time)  # Timer's default is one thread
     return 1000 * m.median
 
 
@@ -164,8 +157,10 @@ def measure_table(
     t0 = time.perf_counter()
 
     def run(module, x):
-        module = module.to(dev, dtype).eval()
-        ms = _time_ms(lambda: module(x), min_run_time)
+        # A few distinct copies run in turn, so that a small module's weights are not all hot in the cache
+        # (the rest of what a whole model adds is measured by prune's calibration rounds).
+        mods = [copy.deepcopy(module).to(dev, dtype).eval() for _ in range(COPIES)]
+        ms = _time_ms(lambda: [m(x) for m in mods], min_run_time) / COPIES
         bar.update(1)
         return ms
 
@@ -202,7 +197,9 @@ def measure_table(
             "geometry": asdict(g),
             "setting": asdict(s),
             "machine": machine(),
-            "environment": _environment(s),
+            "environment": environment(
+                s.device, torch.get_num_threads() if s.device == "cpu" else 0, s.dtype
+            ),
             "seconds": time.perf_counter() - t0,
             "attention_ms": attention,
             "neurons": neurons,
@@ -245,14 +242,6 @@ class _WholeModel(torch.nn.Module):
         return self.model(input_ids=self.ids, attention_mask=self.mask)
 
 
-def _environment(s: Setting) -> dict:
-    env = {"torch": torch.__version__, "device": s.device, "dtype": s.dtype, "cpu": machine()}
-    env["threads"] = torch.get_num_threads() if s.device == "cpu" else None
-    if s.device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name(0)
-    return env
-
-
 def check_setting(s: Setting) -> None:
     if s.dtype not in DTYPES:
         raise PgbertError(f"--dtype must be one of {', '.join(DTYPES)}, got {s.dtype}")
@@ -266,7 +255,7 @@ def check_setting(s: Setting) -> None:
 
 def cache_path(geometry: Geometry, s: Setting, cache: Path = CACHE) -> Path:
     threads = s.threads or torch.get_num_threads()
-    key = json.dumps([asdict(geometry), {**asdict(s), "threads": threads}], sort_keys=True)
+    key = json.dumps([TABLE_VERSION, asdict(geometry), {**asdict(s), "threads": threads}], sort_keys=True)
     return cache / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -156,3 +156,27 @@ def hidden_error(model, ref, batches) -> float:
 
 def inputs_of(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def run_without_pgbert(code: str, cwd, timeout: int = 300):
+    """Run `code` in a fresh Python where importing pgbert fails (as on a machine without it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    guard = textwrap.dedent("""
+        import builtins
+        real = builtins.__import__
+        def guard(name, *a, **k):
+            if name == "pgbert" or name.startswith("pgbert."):
+                raise ImportError("pgbert is not importable here")
+            return real(name, *a, **k)
+        builtins.__import__ = guard
+    """)
+    return subprocess.run(
+        [sys.executable, "-c", guard + textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )

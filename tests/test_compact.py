@@ -1,12 +1,8 @@
 """Compact models: equal outputs, loading anywhere, ONNX, size, bad folders."""
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from conftest import FAMILIES, fast_config, sentiment_rows, tiny_model
+from conftest import FAMILIES, fast_config, run_without_pgbert, sentiment_rows, tiny_model
 
 from pgbert import api
 from pgbert.adapters import prunable_names
@@ -124,14 +120,8 @@ def test_save_load_size_and_remote_code_without_pgbert(tokenizer, tmp_path):
     )  # shrinks by the dropped weights (index tensors aside)
     with torch.no_grad():
         expected = compact(**batch).logits
-    script = textwrap.dedent(f"""
-        import builtins, json, sys
-        real = builtins.__import__
-        def guard(name, *a, **k):
-            if name == "pgbert" or name.startswith("pgbert."):
-                raise ImportError("pgbert is not importable here")
-            return real(name, *a, **k)
-        builtins.__import__ = guard
+    code = f"""
+        import json
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
         m = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "c")!r}, trust_remote_code=True)
@@ -139,10 +129,8 @@ def test_save_load_size_and_remote_code_without_pgbert(tokenizer, tmp_path):
         b = t(["the movie was good fun", "bad", "a dull story of the film and it was the worst"], padding=True,
               return_tensors="pt")
         print(json.dumps(m(**b).logits.tolist()))
-    """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
-    )
+    """
+    out = run_without_pgbert(code, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     got = torch.tensor(__import__("json").loads(out.stdout.strip().splitlines()[-1]))
     assert torch.allclose(got, expected, atol=1e-5)
@@ -188,7 +176,7 @@ def test_bench_reports_speedup_fields(tokenizer, tmp_path):
     apply_masks(model, masks)
     save(to_compact(model, masks), tmp_path / "c", tokenizer)
     res = api.bench(tmp_path / "c", tmp_path / "d", batch_size=2, seq_len=16, repeats=3)
-    assert res["speedup"] == pytest.approx(res["against"]["median_ms"] / res["model"]["median_ms"])
+    assert res["model"]["rounds"] == res["against"]["rounds"] == 5 and res["spread"] >= 0
     # every linear keeps a 16 x 16 block: 6 x 256 of the layer's 6 x 64 x 128 / 3 weights, plus attention
     macs_dense = 2 * (16 * (4 * 64 * 64 + 2 * 64 * 128) + 16**2 * 2 * 64)
     macs_compact = 2 * (16 * 6 * 16 * 16 + 16**2 * 2 * 16)

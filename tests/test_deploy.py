@@ -7,12 +7,11 @@ import os
 import pty
 import subprocess
 import sys
-import textwrap
 
 import onnx
 import pytest
 import torch
-from conftest import fast_config, sentiment_rows, tiny_model, write_jsonl
+from conftest import fast_config, run_without_pgbert, sentiment_rows, tiny_model, write_jsonl
 
 from pgbert import api
 from pgbert.adapters import prunable_names
@@ -96,14 +95,8 @@ def test_folders_saved_from_every_load_path_load_where_pgbert_is_missing(tokeniz
     mask = (ids != 0).long()
     with torch.no_grad():
         expected = compact(input_ids=ids, attention_mask=mask).logits
-    script = textwrap.dedent(f"""
-        import builtins, json
-        real = builtins.__import__
-        def guard(name, *a, **k):
-            if name == "pgbert" or name.startswith("pgbert."):
-                raise ImportError("pgbert is not importable here")
-            return real(name, *a, **k)
-        builtins.__import__ = guard
+    code = f"""
+        import json
         import torch
         from transformers import AutoModelForSequenceClassification
         ids = torch.tensor({ids.tolist()})
@@ -112,10 +105,8 @@ def test_folders_saved_from_every_load_path_load_where_pgbert_is_missing(tokeniz
             m = AutoModelForSequenceClassification.from_pretrained(name, trust_remote_code=True)
             out[name] = m(input_ids=ids, attention_mask=(ids != 0).long()).logits.tolist()
         print(json.dumps(out))
-    """)
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300
-    )
+    """
+    out = run_without_pgbert(code, tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     for name, logits in got.items():

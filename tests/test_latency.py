@@ -162,3 +162,29 @@ def test_prune_to_a_speedup_reports_predicted_and_measured(save_tiny, tmp_path, 
     assert lat["predicted_ms"] <= lat["target_ms"] + 1e-9
     assert lat["setting"]["batch_size"] == 2 and lat["measured_speedup"] == rep["compact"]["speedup"]
     assert rep["compact"]["bench"]["batch_size"] == 2 and rep["compact"]["bench"]["seq_len"] == 16
+
+
+@pytest.mark.parametrize("noisy", [False, True])
+def test_bench_speedup_is_the_median_round_ratio_and_a_busy_machine_is_flagged(
+    tokenizer, monkeypatch, caplog, noisy
+):
+    from pgbert import bench
+
+    model, against = tiny_model("bert", tokenizer), tiny_model("bert", tokenizer, seed=1)
+    dense_ms = iter([20.0, 20.0, 30.0, 20.0, 60.0, 20.0] if noisy else [20.0, 20.0, 20.2, 19.8, 20.0, 20.1])
+    model_ms = iter([10.0] * 6)
+
+    def fake(m, *a, **k):
+        if a[3] == 2:  # the warm-up call
+            return {"median_ms": 0.0}
+        return {"median_ms": next(model_ms) if m is model else next(dense_ms)}
+
+    monkeypatch.setattr(bench, "latency", fake)
+    with caplog.at_level(logging.WARNING, logger="pgbert"):
+        res = bench.measure(model, against, 2, 16, repeats=6)
+    ratios = sorted([2.0, 2.0, 3.0, 2.0, 6.0, 2.0] if noisy else [2.0, 2.0, 2.02, 1.98, 2.0, 2.01])
+    assert res["speedup"] == pytest.approx(np.median(ratios))
+    q1, q3 = np.percentile(ratios, [25, 75])
+    assert res["spread"] == pytest.approx((q3 - q1) / np.median(ratios))
+    assert res["busy"] is noisy and ("machine was busy" in caplog.text) is noisy
+    assert res["environment"]["cpu"] == bench.machine()

@@ -61,7 +61,8 @@ class PGB(Method):
             frac = t / cfg.importance_steps
             sparsity = None if cfg.sparsity is None else 1 - (1 - cfg.sparsity) ** frac
             step_cfg = replace(cfg, sparsity=sparsity, drop_check=False)
-            sel = self._select(dense, scores, calib, step_cfg, budget.partway(frac) if budget else None)
+            partway = budget.partway(frac) if budget else None
+            sel = self._select(dense, scores, calib, step_cfg, partway, final=False)
             partial = copy.deepcopy(dense)
             apply_masks(partial, sel.masks)
             self.update(dense, partial, sel, scores, calib, cfg)
@@ -71,7 +72,9 @@ class PGB(Method):
         sel.report["importance_steps"] = steps
         return sel
 
-    def _select(self, dense: nn.Module, scores, calib: Calibration, cfg, budget=None) -> Selection:
+    def _select(
+        self, dense: nn.Module, scores, calib: Calibration, cfg, budget=None, final: bool = True
+    ) -> Selection:
         weight_scores, head_values = scores
         space = OptionSpace(
             whole_heads=cfg.attention == "heads",
@@ -86,14 +89,23 @@ class PGB(Method):
         )
         names = prunable_names(dense)
         measure = drop_measure(dense, calib, cfg) if cfg.drop_check and cfg.allow_drop else None
-        latency = budget.knapsack() if budget else None
-        try:
-            chosen, masks, checks = choose_masks(weight_scores, names, space, cfg.sparsity, measure, latency)
-        except LatencyInfeasible as e:
-            raise budget.unreachable(e) from None
+
+        def choose(b: LatencyBudget | None):
+            try:
+                return choose_masks(
+                    weight_scores, names, space, cfg.sparsity, measure, b.knapsack() if b else None
+                )
+            except LatencyInfeasible as e:
+                raise b.unreachable(e) from None
+
+        if budget is None:
+            chosen, masks, checks = choose(None)
+        else:
+            (chosen, masks, checks), steps = budget.choose_measured(dense, names, choose, final)
         report = {"matrices": matrix_report(weight_scores, chosen, masks), "drop_checks": checks}
         if budget:
             report["latency"] = budget.report(predicted_ms(chosen, names, budget.table, budget.head_dim))
+            report["latency"]["calibration"] = steps
         return Selection(masks, {"chosen": chosen}, report)
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
@@ -158,6 +170,32 @@ class LatencyBudget:
             f"reachable speedup is {self.table.dense_ms() / fastest:.2f}x ({fastest:.1f} ms); ask for less"
         )
 
+    def choose_measured(self, dense: nn.Module, names, choose, measured: bool = True, rounds: int = 2):
+        """choose(budget) -> (chosen, masks, ...) under this budget; with `measured`, the compact model of
+        the choice is timed against the dense one at the setting, and while it falls short of the target, the
+        budget is tightened by the shortfall and the knapsack solved again, at most `rounds` times (the table
+        misses what a whole model adds: caches shared by layers, small-op overheads at batch 1). Returns
+        the last choice and each round's predicted and measured speedup."""
+        budget, steps, result = self, [], None
+        while True:
+            try:
+                result = choose(budget)
+            except PgbertError:
+                if result is None:
+                    raise
+                steps[-1]["tightened_out_of_reach"] = True
+                return result, steps  # the tightened budget is out of reach: keep the last choice
+            if not measured:
+                return result, steps
+            chosen, masks = result[0], result[1]
+            predicted = self.table.dense_ms() / predicted_ms(chosen, names, self.table, self.head_dim)
+            got = measure_choice(dense, masks, self.table.data["setting"])
+            steps.append({"target_speedup": budget.target_speedup, "predicted": predicted, "measured": got})
+            if got >= self.target_speedup or len(steps) > rounds:
+                return result, steps
+            target_ms = budget.target_ms * got / self.target_speedup
+            budget = replace(budget, target_ms=target_ms, target_speedup=self.table.dense_ms() / target_ms)
+
     def report(self, predicted: float) -> dict:
         dense_ms = self.table.dense_ms()
         return {
@@ -171,6 +209,29 @@ class LatencyBudget:
             "environment": self.table.data["environment"],
             "cost_table": self.table.data.get("cache"),
         }
+
+
+def measure_choice(dense: nn.Module, masks: dict[str, torch.Tensor], setting: dict) -> float:
+    """Measured speedup of the compact model of `masks` (uncompensated weights: the same shapes) over the
+    dense model at the deployment setting."""
+    from ..bench import measure
+    from ..compact.model import to_compact
+
+    pruned = copy.deepcopy(dense)
+    apply_masks(pruned, masks)
+    s = setting
+    res = measure(
+        to_compact(pruned, masks),
+        dense,
+        s["batch_size"],
+        s["seq_len"],
+        s["threads"] or None,
+        s["device"],
+        6,
+        s["dtype"],
+    )
+    dense.to("cpu", torch.float32)
+    return res["speedup"]
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):
