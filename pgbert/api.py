@@ -423,6 +423,7 @@ def demo(
     rows = seeds * len(DEMO_SPARSITIES)
     units = train_steps * tenths["finetune_step"] + rows * sum(tenths[m] for m in DEMO_METHODS)
     print(_demo_intro(cached, cache, seeds, units / 10))
+    transformers.logging.disable_progress_bar()  # one bar for the whole run: not one per save and load
     bar = tqdm(
         total=units,
         desc="demo",
