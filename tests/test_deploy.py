@@ -18,6 +18,7 @@ from pgbert.adapters import prunable_names
 from pgbert.cli import main
 from pgbert.compact.model import save, to_compact
 from pgbert.compact.modeling_pgbert import CompactLinear
+from pgbert.demo_run import DEMO_METHODS, DEMO_SPARSITIES
 from pgbert.tasks import DataOptions
 from pgbert.training import apply_masks
 
@@ -272,7 +273,7 @@ def test_demo_says_what_it_will_do_then_ends_with_the_table_and_plot(tmp_path, m
             seen["steps"] += 1
 
     def fake_compare(model, task, output, data, cfg, overwrite=False, on_row=None):
-        assert cfg.methods == api.DEMO_METHODS and cfg.sparsities == api.DEMO_SPARSITIES
+        assert cfg.methods == DEMO_METHODS and cfg.sparsities == DEMO_SPARSITIES
         for s in cfg.sparsities:
             for m in cfg.methods:
                 row = {"method": m, "sparsity": s, "oneshot": 0.8, "finetuned": 0.85, "dense": 0.87}
