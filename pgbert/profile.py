@@ -40,8 +40,11 @@ WIDTH_FRACTIONS = (
     1.0,
 )  # the knapsack's free widths of an FFN pair (PAIR_FREE_FRACTIONS)
 CACHE = Path(os.environ.get("PGBERT_CACHE_DIR") or Path.home() / ".cache" / "pgbert") / "profiles"
-TABLE_VERSION = 3  # part of the cache key: tables measured by older code are not reused
+TABLE_VERSION = 4  # part of the cache key: tables measured by older code are not reused
 COPIES = 4  # module copies timed in turn per grid point
+BUSY_CHANGE = (
+    0.25  # the first point timed again differs by more: the machine was busy, the table is not cached
+)
 MIN_RUN_TIME = 0.2  # seconds of timing per grid point (torch.utils.benchmark's blocked_autorange)
 
 
@@ -145,14 +148,13 @@ def measure_table(
     if s.threads and dev == "cpu":
         torch.set_num_threads(s.threads)
     tokens = s.batch_size * s.seq_len
-    hd = g.hidden // g.heads
     x3 = torch.randn(s.batch_size, s.seq_len, g.hidden, device=dev, dtype=dtype)
     x2 = x3.view(tokens, g.hidden)
     act = __import__("transformers").activations.ACT2FN[g.act]
     neurons = sorted({max(1, round(f * g.ffn)) for f in NEURON_FRACTIONS})
     widths = sorted({max(1, round(f * g.hidden)) for f in WIDTH_FRACTIONS})
     groups = [(G, k) for G in (2, 4) if g.ffn % G == 0 and g.hidden % G == 0 for k in range(2, G + 1)]
-    total = g.heads + 2 * len(neurons) * len(widths) + 2 * len(groups) + (fixed_model is not None)
+    total = g.heads + 2 * len(neurons) * len(widths) + 2 * len(groups) + (fixed_model is not None) + 1
     bar = tqdm(total=total, desc="profile", disable=quiet)
     t0 = time.perf_counter()
 
@@ -166,13 +168,7 @@ def measure_table(
 
     attention = [0.0]
     for h in range(1, g.heads + 1):
-        plan = {"heads": h, "qk_width": hd, "v_width": hd, "scale": hd**-0.5}
-        for name in ("q", "k", "v"):
-            plan[name] = {"blocks": 1, "rows": h * hd, "cols": g.hidden, "n_out": h * hd}
-            plan[name].update(gather_in=False, map_out=False)
-        plan["o"] = {"blocks": 1, "rows": g.hidden, "cols": h * hd, "n_out": g.hidden}
-        plan["o"].update(gather_in=False, map_out=False)
-        attention.append(run(_AttentionOnly(CompactAttention(plan)), x3))
+        attention.append(run(_AttentionOnly(CompactAttention(_head_plan(g, h))), x3))
     ffn_in, ffn_out = {}, {}
     for w in widths:
         ffn_in[w] = [run(_WithAct(_linear(n, w, g.hidden, n), act), x2) for n in neurons]
@@ -192,6 +188,10 @@ def measure_table(
     if fixed_model is not None:
         fixed = run(_WholeModel(fixed_model, s), None)
     bar.close()
+    # The first point timed again: on a machine busy with other work (or oversubscribed threads) the two
+    # differ, and such a table must not be reused.
+    again = run(_AttentionOnly(CompactAttention(_head_plan(g, 1))), x3)
+    steady = abs(again / attention[1] - 1) <= BUSY_CHANGE
     return CostTable(
         {
             "geometry": asdict(g),
@@ -207,8 +207,22 @@ def measure_table(
             "ffn_out_ms": {str(w): v for w, v in ffn_out.items()},
             "grouped_ms": grouped,
             "fixed_ms": fixed,
+            "steady": steady,
+            "first_point_again_ms": [attention[1], again],
         }
     )
+
+
+def _head_plan(g: Geometry, h: int) -> dict:
+    """The plan of a compact attention keeping h whole heads at full hidden width."""
+    hd = g.hidden // g.heads
+    plan = {"heads": h, "qk_width": hd, "v_width": hd, "scale": hd**-0.5}
+    for name in ("q", "k", "v"):
+        plan[name] = {"blocks": 1, "rows": h * hd, "cols": g.hidden, "n_out": h * hd}
+        plan[name].update(gather_in=False, map_out=False)
+    plan["o"] = {"blocks": 1, "rows": g.hidden, "cols": h * hd, "n_out": g.hidden}
+    plan["o"].update(gather_in=False, map_out=False)
+    return plan
 
 
 class _AttentionOnly(torch.nn.Module):
@@ -279,6 +293,16 @@ def cost_table(model, s: Setting, cache: Path | None = None, quiet: bool = True)
             "ignoring the cost table in %s: measured on another machine (%s)", path, data.get("machine")
         )
     table = measure_table(geometry, s, _fixed_model(model), quiet=quiet)
+    if not table.data["steady"]:
+        a, b = table.data["first_point_again_ms"]
+        log.warning(
+            "the machine was busy while profiling (one point took %.2f ms, then %.2f ms): this table is used "
+            "once and not cached; profile on a quiet machine (`pgbert profile`)",
+            a,
+            b,
+        )
+        table.data.update(cache=None, cached=False)
+        return table
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(table.data, indent=1))

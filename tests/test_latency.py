@@ -188,3 +188,41 @@ def test_bench_speedup_is_the_median_round_ratio_and_a_busy_machine_is_flagged(
     assert res["spread"] == pytest.approx((q3 - q1) / np.median(ratios))
     assert res["busy"] is noisy and ("machine was busy" in caplog.text) is noisy
     assert res["environment"]["cpu"] == bench.machine()
+
+
+def test_measured_rounds_loosen_an_overshoot_and_tighten_a_shortfall(monkeypatch):
+    """A choice measured far above the target is loosened, one short of it tightened; the returned choice is
+    the measured one closest above the target."""
+    from pgbert.methods import pgb
+
+    table = synthetic_table(profile.Geometry(2, 64, 4, 128))
+    budget = pgb.LatencyBudget(table, 16, table.dense_ms() / 2.0, 2.0)
+    measured = iter([5.6, 1.9, 2.1])
+    monkeypatch.setattr(pgb, "measure_choice", lambda dense, masks, setting: next(measured))
+    monkeypatch.setattr(pgb, "predicted_ms", lambda chosen, names, t, hd: t.dense_ms() / 2)
+    seen = []
+
+    def choose(b):
+        seen.append(b.target_ms)
+        return ({}, {"round": len(seen)})
+
+    (_, masks), steps = budget.choose_measured(None, [], choose)
+    assert [s["measured"] for s in steps] == [5.6, 1.9, 2.1] and masks == {"round": 3}
+    assert seen[1] == pytest.approx(seen[0] * 5.6 / 2.0)  # loosened by the overshoot
+    assert seen[2] == pytest.approx(seen[1] * 1.9 / 2.0)  # tightened by the shortfall
+
+
+def test_a_profile_taken_on_a_busy_machine_is_not_cached(tokenizer, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(profile, "CACHE", tmp_path)
+    calls = []
+
+    def fake_time(fn, min_run_time):
+        calls.append(1)
+        return 1.0 if len(calls) == 1 else 2.0  # the first point, timed again at the end, doubled
+
+    monkeypatch.setattr(profile, "_time_ms", fake_time)
+    model = tiny_model("bert", tokenizer)
+    with caplog.at_level(logging.WARNING, logger="pgbert"):
+        table = profile.cost_table(model, profile.Setting(threads=1, batch_size=2, seq_len=16))
+    assert not table.data["steady"] and "machine was busy while profiling" in caplog.text
+    assert list(tmp_path.iterdir()) == []

@@ -124,6 +124,9 @@ class PGB(Method):
         )
 
 
+OVERSHOOT = 1.1  # a measured speedup above 1.1 x the target wastes accuracy: the budget is loosened
+
+
 @dataclass
 class LatencyBudget:
     """A measured-time budget: the cost table at the deployment setting and the time left for the encoder's
@@ -172,29 +175,33 @@ class LatencyBudget:
 
     def choose_measured(self, dense: nn.Module, names, choose, measured: bool = True, rounds: int = 2):
         """choose(budget) -> (chosen, masks, ...) under this budget; with `measured`, the compact model of
-        the choice is timed against the dense one at the setting, and while it falls short of the target, the
-        budget is tightened by the shortfall and the knapsack solved again, at most `rounds` times (the table
-        misses what a whole model adds: caches shared by layers, small-op overheads at batch 1). Returns
-        the last choice and each round's predicted and measured speedup."""
-        budget, steps, result = self, [], None
+        the choice is timed against the dense one at the setting, and while it misses the target (short of
+        it, or more than OVERSHOOT above), the budget is rescaled by the miss and the knapsack solved again,
+        at most `rounds` times (the table misses what a whole model adds: caches shared by layers, small-op
+        overheads at batch 1). Returns the measured choice closest above the target (else the fastest) and
+        each round's predicted and measured speedup."""
+        budget, steps, results = self, [], []
         while True:
             try:
                 result = choose(budget)
             except PgbertError:
-                if result is None:
+                if not results:
                     raise
-                steps[-1]["tightened_out_of_reach"] = True
-                return result, steps  # the tightened budget is out of reach: keep the last choice
+                steps[-1]["rescaled_out_of_reach"] = True  # keep the measured choices so far
+                break
             if not measured:
                 return result, steps
             chosen, masks = result[0], result[1]
             predicted = self.table.dense_ms() / predicted_ms(chosen, names, self.table, self.head_dim)
             got = measure_choice(dense, masks, self.table.data["setting"])
             steps.append({"target_speedup": budget.target_speedup, "predicted": predicted, "measured": got})
-            if got >= self.target_speedup or len(steps) > rounds:
-                return result, steps
+            results.append((got, result))
+            if self.target_speedup <= got <= OVERSHOOT * self.target_speedup or len(steps) > rounds:
+                break
             target_ms = budget.target_ms * got / self.target_speedup
             budget = replace(budget, target_ms=target_ms, target_speedup=self.table.dense_ms() / target_ms)
+        met = [r for r in results if r[0] >= self.target_speedup]
+        return (min(met, key=lambda r: r[0]) if met else max(results, key=lambda r: r[0]))[1], steps
 
     def report(self, predicted: float) -> dict:
         dense_ms = self.table.dense_ms()
