@@ -398,10 +398,18 @@ def run(argv: list[str] | None = None) -> int:
 
 
 def _print_prune(r: dict) -> None:
+    target = "none" if r["sparsity_target"] is None else r["sparsity_target"]
     print(
-        f"sparsity {r['sparsity_achieved']:.4f} (target {r['sparsity_target']})  flops ratio {r['flops_ratio']:.3f}"
+        f"sparsity {r['sparsity_achieved']:.4f} (target {target})  flops ratio {r['flops_ratio']:.3f}"
         f" at seq {r['flops_seq_len']}  dropped {len(r['dropped_sublayers'])} sublayers"
     )
+    if "latency" in r:
+        lat, st = r["latency"], r["latency"]["setting"]
+        print(
+            f"speedup target {lat['target_speedup']:.2f}x: predicted {lat['predicted_speedup']:.2f}x, measured "
+            f"{lat.get('measured_speedup', float('nan')):.2f}x (batch {st['batch_size']} x seq {st['seq_len']}, "
+            f"{st['device']}, {st['dtype']}; {len(lat.get('calibration', []))} measured rounds)"
+        )
     if "permutation_gain" in r:
         g = r["permutation_gain"]
         print(
