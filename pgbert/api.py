@@ -291,11 +291,11 @@ def profile(
     attention time per kept head count, FFN time over kept neurons x widths, the fixed part."""
     from .profile import Setting, cost_table
 
-    net = _load_any(model)
     if models._is_pgbert(models.resolve(model)):
         from .errors import PgbertError
 
         raise PgbertError(f"{model} is a compact model; profile the dense model it was pruned from")
+    net = _load_any(model)
     return cost_table(net, Setting(device, threads, dtype, batch_size, seq_len), quiet=quiet).data
 
 
