@@ -317,6 +317,7 @@ def bench(
     threads: int | None = None,
     device: str = "cpu",
     repeats: int = 10,
+    dtype: str = "float32",
 ) -> dict:
     """Latency of a model folder, optionally against a dense reference: speedup and FLOP limit."""
     from .bench import measure
@@ -341,7 +342,7 @@ def bench(
         if not torch.cuda.is_available():
             raise PgbertError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return measure(
-        get(model), get(against) if against else None, batch_size, seq_len, threads, device, repeats
+        get(model), get(against) if against else None, batch_size, seq_len, threads, device, repeats, dtype
     )
 
 

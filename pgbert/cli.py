@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--threads", type=int)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=10, help="interleaved rounds (one pass per model each)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
@@ -354,7 +355,7 @@ def run(argv: list[str] | None = None) -> int:
         res = api.export(a.model_dir, a.onnx, a.int8, task, _data_options(a), a.max_seq_length)
         print(json.dumps(res, indent=2))
     elif a.command == "bench":
-        res = api.bench(a.model, a.against, a.batch_size, a.seq_len, a.threads, a.device, a.repeats)
+        res = api.bench(a.model, a.against, a.batch_size, a.seq_len, a.threads, a.device, a.repeats, a.dtype)
         if a.json:
             print(json.dumps(res, indent=2))
         else:
