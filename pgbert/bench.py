@@ -130,7 +130,7 @@ def measure(
     median) says how steady the machine was: above BUSY_SPREAD a warning is logged and `busy` is set."""
     if threads:
         torch.set_num_threads(threads)
-    vocab = _vocab(model)
+    vocab = vocab_size(model)
     res = {
         "batch_size": batch_size,
         "seq_len": seq_len,
@@ -170,6 +170,6 @@ def measure(
     return res
 
 
-def _vocab(model: nn.Module) -> int:
+def vocab_size(model: nn.Module) -> int:
     cfg = getattr(model.config, "base_config", None) or model.config.to_dict()
     return int(cfg.get("vocab_size", 1000))

@@ -220,12 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model")
     p.add_argument("--against")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--device", default="cpu")
+    _setting_args(p, batch="--batch-size", seq="--seq-len")
     p.add_argument("--repeats", type=int, default=10, help="interleaved rounds (one pass per model each)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(

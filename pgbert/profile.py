@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils import benchmark
 
-from .bench import environment, machine
+from .bench import environment, machine, vocab_size
 from .compact.build import DENSE_COLS, DENSE_ROWS
 from .compact.modeling_pgbert import CompactAttention, CompactLinear
 from .errors import PgbertError
@@ -247,8 +247,7 @@ class _WholeModel(torch.nn.Module):
     def __init__(self, model, s: Setting):
         super().__init__()
         self.model = model
-        cfg = getattr(model.config, "base_config", None) or model.config.to_dict()
-        vocab = min(int(cfg.get("vocab_size", 1000)), 1000)
+        vocab = min(vocab_size(model), 1000)
         self.ids = torch.randint(5, vocab, (s.batch_size, s.seq_len), device=s.device)
         self.mask = torch.ones_like(self.ids)
 

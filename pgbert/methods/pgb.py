@@ -145,9 +145,8 @@ class LatencyBudget:
 
         table = cost_table(dense, cfg.setting(), quiet=cfg.quiet)
         dense_ms = table.dense_ms()
-        target = cfg.latency_ms if cfg.latency_ms is not None else dense_ms / cfg.speedup
-        if cfg.speedup is not None and cfg.latency_ms is not None:
-            target = min(target, dense_ms / cfg.speedup)
+        limits = [cfg.latency_ms, None if cfg.speedup is None else dense_ms / cfg.speedup]
+        target = min(t for t in limits if t is not None)  # both given: both hold
         head_dim = adapter_for(dense.config).head_size(dense.config)
         return cls(table, head_dim, target, dense_ms / target)
 
