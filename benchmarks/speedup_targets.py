@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pgbert.bench import measure
-from pgbert.methods.pgb import LatencyBudget
+from pgbert.methods.latency import LatencyBudget
 from pgbert.profile import Setting, cost_table
 from pgbert.stages.allocation import OptionSpace, choose_masks, predicted_ms
 
@@ -64,12 +64,12 @@ def main() -> None:
         )
         for x in a.speedup:
             budget = LatencyBudget(table, hd, table.dense_ms() / x, x)
-            (chosen, masks, _), steps = budget.choose_measured(
-                dense,
-                names,
-                lambda b: choose_masks(scores, names, space, None, None, b.knapsack()),
-                a.measured,
-            )
+
+            def timed(b):
+                chosen, masks, _ = choose_masks(scores, names, space, None, None, b.knapsack())
+                return masks, predicted_ms(chosen, names, b.table, hd), (chosen, masks)
+
+            (chosen, masks), steps = budget.choose_measured(dense, timed, a.measured)
             _, compact, *_ = prune_base(dense, names, scores, head_values, masks=masks)
             res = measure(compact, dense, b, a.seq, a.threads, a.device, a.repeats, a.dtype)
             pred = table.dense_ms() / predicted_ms(chosen, names, table, hd)

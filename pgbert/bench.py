@@ -173,3 +173,15 @@ def measure(
 def vocab_size(model: nn.Module) -> int:
     cfg = getattr(model.config, "base_config", None) or model.config.to_dict()
     return int(cfg.get("vocab_size", 1000))
+
+
+def measure_compact(pruned: nn.Module, masks: dict, dense: nn.Module, setting, repeats: int) -> dict:
+    """Latency of the compact model built from `pruned` and its masks against the dense model, interleaved,
+    at a deployment setting (profile.Setting); both models are left on the CPU in float32."""
+    from .compact.model import to_compact
+
+    s = setting
+    compact = to_compact(pruned, masks)
+    res = measure(compact, dense, s.batch_size, s.seq_len, s.threads or None, s.device, repeats, s.dtype)
+    dense.to("cpu", torch.float32)
+    return res

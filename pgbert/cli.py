@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="kept fraction of encoder MACs at the dev set's average length (kwon; there --sparsity S means 1-S)",
     )
-    g = p.add_argument_group("latency budget (pgb): measured at the deployment setting, profiled once")
+    g = p.add_argument_group(
+        "latency budget (pgb, structured-fisher, kwon): measured at the deployment setting, profiled once"
+    )
     g.add_argument(
         "--speedup", type=float, help="times faster than the dense model (alone or with --sparsity)"
     )
@@ -242,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
     p.add_argument("--methods", nargs="+", help=f"default: all of {', '.join(METHOD_NAMES)}")
+    g = p.add_argument_group(
+        "equal measured speed: every method pruned to each speedup at the deployment setting (instead of "
+        "--sparsity; default methods: pgb, kwon, structured-fisher)"
+    )
+    g.add_argument("--speedup", type=float, nargs="+", help="e.g. 2 4 8")
+    _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--compensation-samples", type=int, default=512)
@@ -372,11 +380,17 @@ def run(argv: list[str] | None = None) -> int:
                 f"on {env['cpu']}, {env['device']}, {env['threads']} threads, {env['dtype']}, torch {env['torch']}"
             )
     elif a.command == "compare":
-        from .comparison import METHODS, CompareConfig
+        from .comparison import LATENCY_METHODS, METHODS, CompareConfig
 
         cfg = CompareConfig(
             sparsities=tuple(a.sparsity),
-            methods=tuple(a.methods or METHODS),
+            speedups=tuple(a.speedup or ()),
+            device=a.device,
+            threads=a.threads,
+            target_batch_size=a.target_batch_size,
+            target_seq_len=a.target_seq_len,
+            dtype=a.dtype,
+            methods=tuple(a.methods or (LATENCY_METHODS if a.speedup else METHODS)),
             seeds=a.seeds,
             calib_samples=a.calib_samples,
             compensation_samples=a.compensation_samples,

@@ -2,7 +2,9 @@
 
 Each row is a `pgbert prune --method M --sparsity S --seed K` run with compare's flags (same calibration
 draw, same re-finetune); Kwon et al. (a MAC budget) get the FLOPs ratio PGB reached at that seed and
-sparsity. summarise() gives mean +- std per cell, paired() PGB minus each structured baseline seed by seed.
+sparsity. With speedups instead of sparsities, each row is `pgbert prune --method M --speedup X`: every
+method meets the same measured speed at the deployment setting. summarise() gives mean +- std per cell,
+paired() PGB minus each structured baseline seed by seed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
+from .bench import measure_compact
 from .config import PruneConfig
 from .errors import PgbertError
 from .methods import METHODS, get_method
-from .pipeline import calibrate, measure_compact, prune_model
+from .pipeline import calibrate, prune_model
+from .profile import Setting
 from .tasks import TaskData
 from .training import evaluate
 
@@ -35,7 +39,21 @@ class CompareConfig:
     bench_batch: int = 32
     bench_seq: int = 128
     match_flops: bool = True  # MAC-budget methods (kwon) get the FLOPs ratio PGB reached, same seed and s
+    # speedups instead of sparsities: every method pruned to a measured speed at this deployment setting
+    speedups: tuple[float, ...] = ()
+    device: str = "cpu"
+    threads: int = 0
+    target_batch_size: int = 32
+    target_seq_len: int = 128
+    dtype: str = "float32"
     quiet: bool = False
+
+    @property
+    def budgets(self) -> list[tuple[str, float]]:
+        """(kind, value) of every budget: ("speedup", x) when speedups are given, else ("sparsity", s)."""
+        if self.speedups:
+            return [("speedup", x) for x in self.speedups]
+        return [("sparsity", s) for s in self.sparsities]
 
     def validate(self) -> None:
         bad = [s for s in self.sparsities if not 0 < s < 1]
@@ -46,12 +64,23 @@ class CompareConfig:
             raise PgbertError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if self.seeds < 1:
             raise PgbertError(f"--seeds must be at least 1, got {self.seeds}")
+        for m in self.methods:  # a method without a latency budget cannot be compared at a speed
+            for kind, value in self.budgets:
+                self.prune_config(m, 0, **{kind: value}).validate()
 
-    def prune_config(self, method: str, seed: int, sparsity: float | None = None, flops_ratio=None):
+    def prune_config(
+        self, method: str, seed: int, sparsity: float | None = None, flops_ratio=None, speedup=None
+    ):
         """The PruneConfig that `pgbert prune --method METHOD` builds from the same flags."""
         return PruneConfig(
             sparsity=sparsity,
             flops_ratio=flops_ratio,
+            speedup=speedup,
+            device=self.device,
+            threads=self.threads,
+            target_batch_size=self.target_batch_size,
+            target_seq_len=self.target_seq_len,
+            dtype=self.dtype,
             method=method,
             calib_samples=self.calib_samples,
             compensation_samples=self.compensation_samples,
@@ -78,22 +107,27 @@ def run(
     for seed in range(cfg.seeds):
         for name in order:
             method = get_method(name)
-            base = cfg.prune_config(name, seed, sparsity=cfg.sparsities[0])
+            base = cfg.prune_config(name, seed, **dict([cfg.budgets[0]]))
             calib = calibrate(data, tokenizer, dense, base, method.sampling)
             t = time.perf_counter()
             scores = (method.importance(dense, calib, base), time.perf_counter() - t)
-            for s in cfg.sparsities:
-                pcfg = replace(base, sparsity=s, flops_ratio=_matched_flops(rows, method, seed, s, cfg))
+            for kind, value in cfg.budgets:
+                if kind == "speedup":
+                    pcfg = replace(base, speedup=value)
+                    setting = pcfg.setting()
+                else:
+                    pcfg = replace(
+                        base, sparsity=value, flops_ratio=_matched_flops(rows, method, seed, value, cfg)
+                    )
+                    setting = Setting(batch_size=cfg.bench_batch, seq_len=cfg.bench_seq)
                 pruned, masks, rep = prune_model(dense, tokenizer, data, pcfg, calib, scores, dense_metrics)
-                speed = (
-                    measure_compact(pruned, masks, dense, cfg.bench_batch, cfg.bench_seq, 3)
-                    if method.structured
-                    else None
-                )
+                speed = measure_compact(pruned, masks, dense, setting, 3) if method.structured else None
                 m = rep["metrics"]
                 row = {
                     "method": name,
-                    "sparsity": s,
+                    "budget": kind,
+                    "target": value,
+                    "sparsity": value if kind == "sparsity" else None,
                     "seed": seed,
                     "sparsity_achieved": rep["sparsity_achieved"],
                     "params_kept": rep["params_kept"],
@@ -106,6 +140,8 @@ def run(
                     "finetuned": m.get("finetuned", m["pruned"])[main],
                     "dense": dense_metrics[main],
                     "speedup": speed["speedup"] if speed else 1.0,
+                    "speedup_spread": speed["spread"] if speed else None,
+                    "bench_setting": vars(setting),
                     "prune_seconds": sum(
                         rep["timings_s"][k] for k in ("importance", "grouping_allocation", "compensation")
                     ),
@@ -113,16 +149,29 @@ def run(
                     "compensation_stopped_at": rep["compensation"].get("stopped_at"),
                     "dropped_sublayers": rep["dropped_sublayers"],
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
+                    "latency": rep.get("latency"),
                 }
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
                 log(
-                    f"{name:22s} s={s:.2f} seed={seed}: one-shot {row['oneshot']:.4f}  re-finetuned "
+                    f"{name:22s} {budget_label(row)} seed={seed}: one-shot {row['oneshot']:.4f}  re-finetuned "
                     f"{row['finetuned']:.4f}  flops {row['flops_ratio']:.3f}  speedup {row['speedup']:.2f}x  "
                     f"prune {row['prune_seconds']:.0f}s"
                 )
     return rows
+
+
+def budget_of(row: dict) -> tuple[str, float]:
+    """A row's budget (kind, value); rows written before speedup budgets hold only their sparsity."""
+    if "budget" in row:
+        return row["budget"], row["target"]
+    return "sparsity", row["sparsity"]
+
+
+def budget_label(row: dict) -> str:
+    kind, value = budget_of(row)
+    return f"speedup {value:g}x" if kind == "speedup" else f"s={value:.2f}"
 
 
 def _matched_flops(rows: list[dict], method, seed: int, s: float, cfg: CompareConfig) -> float | None:
@@ -136,10 +185,10 @@ def _matched_flops(rows: list[dict], method, seed: int, s: float, cfg: CompareCo
 
 def summarise(rows: list[dict]) -> list[dict]:
     out = []
-    keys = sorted({(r["sparsity"], r["method"]) for r in rows}, key=lambda k: (k[0], METHODS.index(k[1])))
-    for s, m in keys:
-        rs = [r for r in rows if r["sparsity"] == s and r["method"] == m]
-        agg = {"method": m, "sparsity": s, "seeds": len(rs)}
+    keys = sorted({(budget_of(r), r["method"]) for r in rows}, key=lambda k: (k[0], METHODS.index(k[1])))
+    for budget, m in keys:
+        rs = [r for r in rows if budget_of(r) == budget and r["method"] == m]
+        agg = {"method": m, "budget": budget[0], "target": budget[1], "seeds": len(rs)}
         keys = ("masked", "oneshot", "finetuned", "flops_ratio", "speedup", "prune_seconds", "params_kept")
         for k in (*keys, "sparsity_achieved"):
             vals = [r[k] for r in rs]
@@ -150,6 +199,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 STRUCTURED_BASELINES = ("kwon", "structured-fisher")
+LATENCY_METHODS = ("pgb", *STRUCTURED_BASELINES)  # compare --speedup's default
 
 
 def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCTURED_BASELINES) -> list[dict]:
@@ -158,13 +208,19 @@ def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCT
     from scipy import stats
 
     out = []
-    for s in sorted({r["sparsity"] for r in rows}):
-        by = {(r["method"], r["seed"]): r for r in rows if r["sparsity"] == s}
+    for budget in sorted({budget_of(r) for r in rows}):
+        by = {(r["method"], r["seed"]): r for r in rows if budget_of(r) == budget}
         for base in against:
             seeds = sorted(seed for m, seed in by if m == ref and (base, seed) in by)
             if not seeds:
                 continue
-            agg = {"method": ref, "baseline": base, "sparsity": s, "seeds": len(seeds)}
+            agg = {
+                "method": ref,
+                "baseline": base,
+                "budget": budget[0],
+                "target": budget[1],
+                "seeds": len(seeds),
+            }
             for k in ("oneshot", "finetuned"):
                 d = [by[ref, i][k] - by[base, i][k] for i in seeds]
                 agg[k] = statistics.mean(d)
@@ -181,14 +237,14 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
     lines = [
         f"Dense {metric}: {dense:.4f}",
         "",
-        f"| method | sparsity (target / achieved) | one-shot {metric} | re-finetuned {metric} | kept params | FLOPs ratio | speedup | prune time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| method | budget | one-shot {metric} | re-finetuned {metric} | sparsity achieved | kept params | FLOPs ratio | measured speedup | prune time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
         lines.append(
-            f"| {r['method']} | {r['sparsity']:.2f} / {r['sparsity_achieved']:.3f} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | "
-            f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f} | {int(r['params_kept']):,} | {r['flops_ratio']:.3f} | "
-            f"{r['speedup']:.2f}x | {r['prune_seconds']:.0f} |"
+            f"| {r['method']} | {budget_label(r)} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | "
+            f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f} | {r['sparsity_achieved']:.3f} | {int(r['params_kept']):,} | "
+            f"{r['flops_ratio']:.3f} | {r['speedup']:.2f}x ± {r['speedup_std']:.2f} | {r['prune_seconds']:.0f} |"
         )
     if pairs:
         lines += [
@@ -196,7 +252,7 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
             f"PGB minus each structured baseline, paired by seed (mean ± std of the per-seed {metric} "
             "differences; wins-ties-losses; paired t-test p):",
             "",
-            "| vs | sparsity | one-shot | re-finetuned |",
+            "| vs | budget | one-shot | re-finetuned |",
             "|---|---|---|---|",
         ]
         for r in pairs:
@@ -207,11 +263,13 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
                 cells.append(
                     f"{r[k]:+.4f} ± {r[k + '_std']:.4f} ({r[k + '_wins']}-{ties}-{r[k + '_losses']}{p})"
                 )
-            lines.append(f"| {r['baseline']} | {r['sparsity']:.2f} | {cells[0]} | {cells[1]} |")
+            lines.append(f"| {r['baseline']} | {budget_label(r)} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(summary: list[dict], path, metric: str) -> None:
+    """Accuracy against measured speedup (the compact model over the dense one), one line per method, with
+    error bars (std over seeds) on both; one panel one-shot, one re-finetuned."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,17 +281,18 @@ def plot(summary: list[dict], path, metric: str) -> None:
         (axes[1], "finetuned", "re-finetuned"),
     ):
         for m in METHODS:
-            rs = sorted([r for r in summary if r["method"] == m], key=lambda r: r["flops_ratio"])
+            rs = sorted([r for r in summary if r["method"] == m], key=lambda r: r["speedup"])
             if rs:
                 ax.errorbar(
-                    [r["flops_ratio"] for r in rs],
+                    [r["speedup"] for r in rs],
                     [r[key] for r in rs],
+                    xerr=[r["speedup_std"] for r in rs],
                     yerr=[r[key + "_std"] for r in rs],
                     marker="o",
                     capsize=3,
                     label=m,
                 )
-        ax.set_xlabel("FLOPs ratio (kept / dense, seq 128)")
+        ax.set_xlabel("measured speedup over dense (compact model)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"dev {metric}")

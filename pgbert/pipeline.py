@@ -150,13 +150,3 @@ def prune_model(
 def _eval_steps(n_train: int, cfg: PruneConfig) -> int:
     steps = max(1, int(n_train * cfg.finetune_epochs / cfg.batch_size))
     return max(1, steps // 4)  # four dev checks per re-finetune, early stop keeps the best
-
-
-def measure_compact(
-    pruned: nn.Module, masks: dict, dense: nn.Module, batch_size: int, seq_len: int, repeats: int
-) -> dict:
-    """Latency of the compact model built from `pruned` and its masks against the dense model, interleaved."""
-    from .bench import measure
-    from .compact.model import to_compact
-
-    return measure(to_compact(pruned, masks), dense, batch_size, seq_len, repeats=repeats)

@@ -180,3 +180,9 @@ def run_without_pgbert(code: str, cwd, timeout: int = 300):
         cwd=cwd,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A small labelled JSONL file (60 sentiment rows), used as both train and dev file."""
+    return write_jsonl(tmp_path / "tr.jsonl", sentiment_rows(60))

@@ -109,7 +109,7 @@ def test_compare_writes_results(save_tiny, tmp_path):
     assert {r["method"] for r in rows} == set(METHODS) and len(rows) == 2 * len(METHODS)
     res = json.loads((out / "results.json").read_text())
     assert len(res["summary"]) == len(METHODS) and (out / "results.png").stat().st_size > 0
-    assert "| pgb | 0.50 / 0.5" in (out / "results.md").read_text()
+    assert "| pgb | s=0.50 | " in (out / "results.md").read_text()
     assert {p["baseline"] for p in res["paired"]} == {"kwon", "structured-fisher"}
     for r in rows:
         if r["method"] == "kwon":  # at PGB's FLOPs ratio (same seed), never above it
@@ -163,6 +163,6 @@ def test_paired_differences_by_seed():
     assert r["oneshot"] == pytest.approx(0.01) and r["oneshot_std"] == pytest.approx(0.01)
     assert (r["oneshot_wins"], r["oneshot_losses"]) == (2, 0)
     assert r["oneshot_p"] == pytest.approx(0.2254, abs=1e-3)  # t = 0.01 / (0.01 / sqrt 3), 2 dof
-    assert "| kwon | 0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) |" in markdown([], 0.9, "accuracy", [r])
+    assert "| kwon | s=0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) |" in markdown([], 0.9, "accuracy", [r])
     two = paired([x for x in rows if x["seed"] < 2])[0]
     assert two["seeds"] == 2 and two["oneshot_p"] is None  # too few seeds for a p-value

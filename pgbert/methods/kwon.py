@@ -7,6 +7,13 @@ weights they scale: a head's O columns, a neuron's FFN-out column):
 2. Mask search under their MAC cost at the task's average dev sequence length L:
    per head 4 L d h + 2 L^2 h, per neuron 2 L d. For every head count n >= 1 (globally best heads), the
    rest of the budget buys the globally best neurons; keep the split of largest summed Fisher.
+   Latency mode (--speedup / --latency-ms, their `search_latency`): lookup tables of one layer's attention
+   time per kept head count and FFN time per kept neuron count (here read from pgbert's measured cost
+   table, the same one PGB and structured Fisher use) are each fitted by a piecewise-linear function (a
+   constant c up to a threshold count, then a slope); every layer keeps its threshold's best heads and
+   neurons (so no sublayer is ever removed), and the time left after L (c_attention + c_ffn) is split as
+   in the MAC search, priced by the two slopes. The constraint is the sublayers' time budget over their
+   dense time; the teacher mask of step 4 comes from the same search at sqrt of it.
 3. Mask rearrangement: per layer, with the kept counts fixed, greedily choose which units to prune so
    that the block-Fisher estimate ||sum over pruned units of their per-batch gradients||^2 is small.
 4. Mask tuning: a teacher mask from the same search at the looser constraint sqrt(c) (their two-step
@@ -16,9 +23,13 @@ weights they scale: a head's O columns, a neuron's FFN-out column):
    layer's FFN fits the [CLS] token only). Tuning stops at the first layer whose solve fails or gives a
    scale outside [-10, 10]: later layers keep their masks at 1.
 
-Deviation, stated: their search slices the neuron ranking with a negative count when the heads alone
+Deviations, stated: their MAC search slices the neuron ranking with a negative count when the heads alone
 exceed the budget (taking nearly all neurons); here such head counts are skipped, as their latency
-search does.
+search does. Their FFN lookup table times every neuron count 1..F; here the table's measured grid is
+interpolated (pgbert.profile), and their tables time LayerNorm and residual inside each sublayer, which
+pgbert's puts in the fixed part (a constant per layer: it moves c, not the slopes). Like PGB and structured
+Fisher under a latency budget, the search runs inside pgbert's measured rounds (the compact model is timed
+and the constraint rescaled by the miss, methods.latency), so every method meets the same measured speed.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,10 +46,12 @@ from torch import nn
 
 from ..adapters import adapter_for, prunable_names
 from ..errors import PgbertError
+from ..stages.allocation import LatencyInfeasible
 from ..stages.compensation import layer_inputs, run_layer
 from ..stages.importance import fisher_and_units
 from ..training import apply_masks
 from .base import Calibration, Method, Selection
+from .latency import LatencyBudget, units_ms
 from .structured import unit_masks_to_weight_masks
 
 SCALE_LIMIT = 10.0
@@ -88,6 +102,91 @@ def search_mac(
     neurons = torch.zeros(neuron_fisher.numel(), dtype=torch.bool)
     neurons[n_idx[: best_hn[1]]] = True
     return heads.view_as(head_fisher), neurons.view_as(neuron_fisher)
+
+
+@dataclass(frozen=True)
+class Piecewise:
+    """Their latency model of one sublayer: time c for up to `threshold` units, then c + slope per unit."""
+
+    threshold: int
+    c: float
+    slope: float
+
+
+def fit_piecewise(lut: np.ndarray) -> Piecewise:
+    """Least-squares fit of a lookup table (time of 1..n units) by a constant up to a threshold and a line
+    through it after, the threshold chosen by the smallest squared error (their fit_latency_fn)."""
+    lut = np.asarray(lut, dtype=np.float64)
+    best, best_err = None, math.inf
+    for t in range(1, len(lut) + 1):
+        c = lut[:t].mean()
+        y = lut[t:] - c
+        x = np.arange(1, len(y) + 1)
+        slope = max(0.0, float(x @ y / (x @ x))) if len(y) else 0.0
+        err = float(np.square(lut[:t] - c).sum() + np.square(y - slope * x).sum())
+        if err < best_err:
+            best, best_err = Piecewise(t, float(c), slope), err
+    return best
+
+
+def kwon_luts(table) -> tuple[np.ndarray, np.ndarray]:
+    """Their two lookup tables from pgbert's cost table: attention time for 1..H kept heads, FFN time for
+    1..F kept neurons at full width."""
+    g = table.geometry
+    mha = np.array(table.attention_ms[1 : g.heads + 1], dtype=np.float64)
+    ffn = np.array([table.ffn_ms(n, g.hidden, g.hidden) for n in range(1, g.ffn + 1)])
+    return mha, ffn
+
+
+def search_latency(
+    head_fisher: torch.Tensor,
+    neuron_fisher: torch.Tensor,
+    constraint: float,
+    mha_lut: np.ndarray,
+    ffn_lut: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 2, latency mode. Keep masks whose piecewise-linear time is <= constraint x the dense sublayers'
+    time (the sum of both tables' full entries over layers). Every layer keeps its locally best `threshold`
+    heads and neurons; the rest are ranked globally and split between heads and neurons as in search_mac."""
+    if not 0 < constraint < 1:
+        raise PgbertError(f"Kwon et al.'s latency constraint must be in (0, 1), got {constraint:.3f}")
+    layers = head_fisher.shape[0]
+    fh, fn = fit_piecewise(mha_lut), fit_piecewise(ffn_lut)
+    dense = layers * (mha_lut[-1] + ffn_lut[-1])
+    floor = layers * (fh.c + fn.c)  # at least `threshold` units in every layer
+    left = constraint * dense - floor
+    if left <= 0:
+        raise LatencyInfeasible(floor, constraint * dense)
+    heads = _base(head_fisher, fh.threshold)
+    neurons = _base(neuron_fisher, fn.threshold)
+    h_val, h_idx = torch.sort(
+        head_fisher.double().masked_fill(heads, -math.inf).flatten(), descending=True, stable=True
+    )
+    n_val, n_idx = torch.sort(
+        neuron_fisher.double().masked_fill(neurons, -math.inf).flatten(), descending=True, stable=True
+    )
+    n_heads, n_neurons = int((~heads).sum()), int((~neurons).sum())
+    h_cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(h_val[:n_heads], 0)])
+    n_cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(n_val[:n_neurons], 0)])
+    best, best_hn = -math.inf, (0, n_neurons if fn.slope == 0 else min(int(left / fn.slope), n_neurons))
+    for nh in range(1, n_heads + 1):
+        rest = left - fh.slope * nh
+        if rest < 0:
+            continue
+        nn_ = n_neurons if fn.slope == 0 else min(int(rest / fn.slope), n_neurons)
+        total = float(h_cum[nh] + n_cum[nn_])
+        if total > best:
+            best, best_hn = total, (nh, nn_)
+    heads.view(-1)[h_idx[: best_hn[0]]] = True
+    neurons.view(-1)[n_idx[: best_hn[1]]] = True
+    return heads, neurons
+
+
+def _base(fisher: torch.Tensor, threshold: int) -> torch.Tensor:
+    """Each layer's `threshold` best units (by Fisher), as a bool mask of fisher's shape."""
+    keep = torch.zeros_like(fisher, dtype=torch.bool)
+    idx = torch.sort(fisher.double(), dim=1, descending=True, stable=True)[1][:, :threshold]
+    return keep.scatter_(1, idx, True)
 
 
 def rearrange(keep: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
@@ -239,25 +338,50 @@ class Kwon(Method):
     name = "kwon"
     sampling = "with-replacement"
     budget = "macs"
+    latency = True
 
     def __init__(self, rearrange: bool = True, tune: bool = True):
         self.do_rearrange, self.tune = rearrange, tune
 
     def check_budget(self, cfg) -> None:
-        pass  # --flops-ratio R, or --sparsity S read as the MAC constraint 1 - S
+        # --flops-ratio R, or --sparsity S read as the MAC constraint 1 - S; or their latency mode
+        if cfg.latency_budget and (cfg.sparsity is not None or cfg.flops_ratio is not None):
+            raise PgbertError(
+                "Kwon et al.'s search takes one budget: --speedup / --latency-ms, or --flops-ratio / --sparsity"
+            )
 
     def importance(self, dense: nn.Module, calib: Calibration, cfg):
         heads = adapter_for(dense.config).num_heads(dense.config)
         return fisher_and_units(dense, calib.batches, prunable_names(dense), heads, cfg.quiet)[1]
 
     def select(self, dense: nn.Module, units, calib: Calibration, cfg) -> Selection:
-        a = adapter_for(dense.config)
-        c = cfg.flops_ratio if cfg.flops_ratio is not None else 1 - cfg.sparsity
-        geometry = (calib.dev_seq_len, a.hidden_size(dense.config), a.head_size(dense.config))
         hf = torch.stack([u["head"] for u in units])
         nf = torch.stack([u["neuron"] for u in units])
-        heads, neurons = search_mac(hf, nf, c, *geometry)
-        t_heads, t_neurons = search_mac(hf, nf, math.sqrt(c), *geometry)
+        budget = LatencyBudget.of(dense, cfg)
+        if budget is None:
+            a = adapter_for(dense.config)
+            c = cfg.flops_ratio if cfg.flops_ratio is not None else 1 - cfg.sparsity
+            geometry = (calib.dev_seq_len, a.hidden_size(dense.config), a.head_size(dense.config))
+            heads, neurons = search_mac(hf, nf, c, *geometry)
+            t_heads, t_neurons = search_mac(hf, nf, math.sqrt(c), *geometry)
+            report = {"mac_constraint": c, "mac_seq_len": calib.dev_seq_len}
+        else:
+            luts = kwon_luts(budget.table)
+
+            def timed(b: LatencyBudget):
+                c = b.sublayer_budget() / (b.table.dense_ms() - b.table.fixed_ms)
+                try:
+                    heads, neurons = search_latency(hf, nf, c, *luts)
+                except LatencyInfeasible as e:
+                    raise b.unreachable(e) from None
+                keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
+                masks = unit_masks_to_weight_masks(dense, prunable_names(dense), keep)
+                return masks, units_ms(b.table, keep), (heads, neurons, c)
+
+            (heads, neurons, c), steps = budget.choose_measured(dense, timed)
+            t_heads, t_neurons = search_latency(hf, nf, math.sqrt(c), *luts)
+            keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
+            report = {"latency_constraint": c, "latency": budget.report(units_ms(budget.table, keep), steps)}
         keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
         if self.do_rearrange:
             keep = [
@@ -266,8 +390,7 @@ class Kwon(Method):
             ]
         teacher = [{"head": h, "neuron": n} for h, n in zip(t_heads, t_neurons)]
         masks = unit_masks_to_weight_masks(dense, prunable_names(dense), keep)
-        info = {"keep": keep, "teacher_keep": teacher}
-        return Selection(masks, info, {"mac_constraint": c, "mac_seq_len": calib.dev_seq_len})
+        return Selection(masks, {"keep": keep, "teacher_keep": teacher}, report)
 
     def update(self, dense, pruned, sel: Selection, units, calib: Calibration, cfg) -> dict:
         if not self.tune:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from ..adapters import adapter_for, prunable_names
-from ..errors import PgbertError
 from ..stages.allocation import LatencyInfeasible, OptionSpace, choose_masks, predicted_ms
 from ..stages.compensation import compensate, task_loss
 from ..stages.importance import (
@@ -24,6 +23,7 @@ from ..stages.importance import (
 )
 from ..training import apply_masks
 from .base import Calibration, Method, Selection
+from .latency import LatencyBudget
 
 
 class PGB(Method):
@@ -98,14 +98,18 @@ class PGB(Method):
             except LatencyInfeasible as e:
                 raise b.unreachable(e) from None
 
+        def timed(b: LatencyBudget):
+            chosen, masks, checks = choose(b)
+            return masks, predicted_ms(chosen, names, b.table, b.head_dim), (chosen, masks, checks)
+
         if budget is None:
             chosen, masks, checks = choose(None)
         else:
-            (chosen, masks, checks), steps = budget.choose_measured(dense, names, choose, final)
+            (chosen, masks, checks), steps = budget.choose_measured(dense, timed, final)
         report = {"matrices": matrix_report(weight_scores, chosen, masks), "drop_checks": checks}
         if budget:
-            report["latency"] = budget.report(predicted_ms(chosen, names, budget.table, budget.head_dim))
-            report["latency"]["calibration"] = steps
+            predicted = predicted_ms(chosen, names, budget.table, budget.head_dim)
+            report["latency"] = budget.report(predicted, steps)
         return Selection(masks, {"chosen": chosen}, report)
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
@@ -122,122 +126,6 @@ class PGB(Method):
             quiet=cfg.quiet,
             target=cfg.compensation_target,
         )
-
-
-OVERSHOOT = 1.1  # a measured speedup above 1.1 x the target wastes accuracy: the budget is loosened
-
-
-@dataclass
-class LatencyBudget:
-    """A measured-time budget: the cost table at the deployment setting and the time left for the encoder's
-    sublayers (the target time less the fixed part: embeddings, LayerNorms, head)."""
-
-    table: object
-    head_dim: int
-    target_ms: float
-    target_speedup: float
-
-    @classmethod
-    def of(cls, dense: nn.Module, cfg) -> LatencyBudget | None:
-        if not cfg.latency_budget:
-            return None
-        from ..profile import cost_table
-
-        table = cost_table(dense, cfg.setting(), quiet=cfg.quiet)
-        dense_ms = table.dense_ms()
-        limits = [cfg.latency_ms, None if cfg.speedup is None else dense_ms / cfg.speedup]
-        target = min(t for t in limits if t is not None)  # both given: both hold
-        head_dim = adapter_for(dense.config).head_size(dense.config)
-        return cls(table, head_dim, target, dense_ms / target)
-
-    @property
-    def sublayer_ms(self) -> float:
-        return self.target_ms - self.table.fixed_ms
-
-    def partway(self, frac: float) -> LatencyBudget:
-        """The budget a fraction `frac` of the way (geometrically, in sublayer time) from dense to this one."""
-        dense_layers = self.table.dense_ms() - self.table.fixed_ms
-        layers = dense_layers * (max(self.sublayer_ms, 1e-9) / dense_layers) ** frac
-        return LatencyBudget(self.table, self.head_dim, layers + self.table.fixed_ms, self.target_speedup)
-
-    def knapsack(self) -> tuple:
-        if self.sublayer_ms <= 0:
-            raise self.unreachable(None)
-        return self.table, self.head_dim, self.sublayer_ms
-
-    def unreachable(self, e: LatencyInfeasible | None) -> PgbertError:
-        fastest = self.table.fixed_ms + (e.fastest_ms if e else 0.0)
-        return PgbertError(
-            f"{self.target_speedup:.2f}x ({self.target_ms:.1f} ms) is out of reach at this setting: the largest "
-            f"reachable speedup is {self.table.dense_ms() / fastest:.2f}x ({fastest:.1f} ms); ask for less"
-        )
-
-    def choose_measured(self, dense: nn.Module, names, choose, measured: bool = True, rounds: int = 2):
-        """choose(budget) -> (chosen, masks, ...) under this budget; with `measured`, the compact model of
-        the choice is timed against the dense one at the setting, and while it misses the target (short of
-        it, or more than OVERSHOOT above), the budget is rescaled by the miss and the knapsack solved again,
-        at most `rounds` times (the table misses what a whole model adds: caches shared by layers, small-op
-        overheads at batch 1). Returns the measured choice closest above the target (else the fastest) and
-        each round's predicted and measured speedup."""
-        budget, steps, results = self, [], []
-        while True:
-            try:
-                result = choose(budget)
-            except PgbertError:
-                if not results:
-                    raise
-                steps[-1]["rescaled_out_of_reach"] = True  # keep the measured choices so far
-                break
-            if not measured:
-                return result, steps
-            chosen, masks = result[0], result[1]
-            predicted = self.table.dense_ms() / predicted_ms(chosen, names, self.table, self.head_dim)
-            got = measure_choice(dense, masks, self.table.data["setting"])
-            steps.append({"target_speedup": budget.target_speedup, "predicted": predicted, "measured": got})
-            results.append((got, result))
-            if self.target_speedup <= got <= OVERSHOOT * self.target_speedup or len(steps) > rounds:
-                break
-            target_ms = budget.target_ms * got / self.target_speedup
-            budget = replace(budget, target_ms=target_ms, target_speedup=self.table.dense_ms() / target_ms)
-        met = [r for r in results if r[0] >= self.target_speedup]
-        return (min(met, key=lambda r: r[0]) if met else max(results, key=lambda r: r[0]))[1], steps
-
-    def report(self, predicted: float) -> dict:
-        dense_ms = self.table.dense_ms()
-        return {
-            "target_ms": self.target_ms,
-            "target_speedup": self.target_speedup,
-            "predicted_ms": predicted,
-            "predicted_speedup": dense_ms / predicted,
-            "dense_predicted_ms": dense_ms,
-            "fixed_ms": self.table.fixed_ms,
-            "setting": self.table.data["setting"],
-            "environment": self.table.data["environment"],
-            "cost_table": self.table.data.get("cache"),
-        }
-
-
-def measure_choice(dense: nn.Module, masks: dict[str, torch.Tensor], setting: dict) -> float:
-    """Measured speedup of the compact model of `masks` (uncompensated weights: the same shapes) over the
-    dense model at the deployment setting."""
-    from ..bench import measure
-    from ..compact.model import to_compact
-
-    pruned = copy.deepcopy(dense)
-    apply_masks(pruned, masks)
-    s = setting
-    res = measure(
-        to_compact(pruned, masks),
-        dense,
-        s["batch_size"],
-        s["seq_len"],
-        s["threads"] or None,
-        s["device"],
-        6,
-        s["dtype"],
-    )
-    dense.to("cpu", torch.float32)
-    return res["speedup"]
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):
