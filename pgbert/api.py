@@ -370,7 +370,8 @@ def compare(
     rows = cmp.run(dense, tokenizer, task_data, cfg, log=log, on_row=on_row)
     summary, pairs = cmp.summarise(rows), cmp.paired(rows)
     main = task_data.spec.main_metric
-    dense_score = rows[0]["dense"] if rows else float("nan")
+    done = cmp.reached(rows)
+    dense_score = done[0]["dense"] if done else float("nan")
     with atomic_run_dir(output, overwrite) as tmp:
         write_json(
             tmp / "results.json",
@@ -385,7 +386,9 @@ def compare(
                 "seconds": time.perf_counter() - t0,
             },
         )
-        (tmp / "results.md").write_text(cmp.markdown(summary, dense_score, main, pairs))
+        (tmp / "results.md").write_text(
+            cmp.markdown(summary, dense_score, main, pairs) + cmp.unreachable_notes(rows)
+        )
         cmp.plot(summary, tmp / "results.png", main)
     return rows
 

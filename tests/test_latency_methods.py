@@ -138,3 +138,19 @@ def test_compare_at_a_speed_refuses_a_method_without_a_latency_budget(tmp_path):
     with pytest.raises(PgbertError, match="has no latency budget"):
         api.compare(tmp_path / "m", "sst2", tmp_path / "out", None, cfg)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_speed_out_of_a_methods_reach_is_a_note_not_a_failure():
+    """Kwon et al.'s latency mode keeps units in every layer, so it may not reach a speed the others reach:
+    compare says so next to the table instead of stopping."""
+    from pgbert.comparison import summarise, unreachable_notes
+
+    rows = [
+        {"method": "pgb", "budget": "speedup", "target": 8.0, "seed": 0, "oneshot": 0.7, "finetuned": 0.8},
+        {"method": "kwon", "budget": "speedup", "target": 8.0, "seed": 0, "unreachable": "largest 6.1x"},
+    ]
+    for r in rows[:1]:
+        r.update({k: 0.0 for k in ("masked", "flops_ratio", "speedup", "prune_seconds", "params_kept")})
+        r["sparsity_achieved"] = 0.9
+    assert [s["method"] for s in summarise(rows)] == ["pgb"]
+    assert unreachable_notes(rows) == "\nkwon at speedup 8x: not reached (largest 6.1x)\n"
