@@ -15,8 +15,12 @@ scores and calibration data:
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
+  full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
+
+With --speedup X [Y ...] (and --threads N) the budgets are measured speeds at batch 32 x seq 128 instead of
+sparsities (`pgbert prune --speedup`); "uniform" has no speed budget and is skipped there.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ VARIANTS = {
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},
     "ffn-eighths": {"ffn_steps": 8},
+    "full-width": {"free_widths": False},
 }
 
 
@@ -59,6 +64,8 @@ def main() -> None:
     p.add_argument("--train-file", help="with --dev-file: TSV files with columns sentence, label")
     p.add_argument("--dev-file")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
+    p.add_argument("--speedup", type=float, nargs="+", help="measured-speed budgets instead of sparsities")
+    p.add_argument("--threads", type=int, default=0, help="with --speedup: CPU threads (0: all)")
     p.add_argument("--calib-samples", type=int, default=2048)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration subsets (seeds)")
@@ -75,31 +82,55 @@ def main() -> None:
     print(f"dense {metric} {dense_acc:.4f}")
     rows = [r for seed in a.seeds for r in run_seed(dense, tok, data, a, seed)]
     print("mean over seeds (masked / compensated):")
-    for s in a.sparsity:
+    for b in budgets(a):
         for v in a.variants:
-            rs = [r for r in rows if r["sparsity"] == s and r["variant"] == v]
-            masked, comp = (statistics.mean(r[k] for r in rs) for k in ("masked", "oneshot"))
-            print(f"s={s:.2f} {v:16s} {masked:.4f} / {comp:.4f}  ({len(rs)} seeds)")
+            rs = [r for r in rows if r["budget"] == label(b) and r["variant"] == v]
+            if rs:
+                masked, comp = (statistics.mean(r[k] for r in rs) for k in ("masked", "oneshot"))
+                print(f"{label(b)} {v:16s} {masked:.4f} / {comp:.4f}  ({len(rs)} seeds)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"dense": dense_acc, "rows": rows}, f, indent=2)
 
 
+def budgets(a) -> list[dict]:
+    return [{"speedup": x} for x in a.speedup] if a.speedup else [{"sparsity": s} for s in a.sparsity]
+
+
+def label(budget: dict) -> str:
+    return f"speedup {budget['speedup']:g}x" if "speedup" in budget else f"s={budget['sparsity']:.2f}"
+
+
+def kept_speedup(lat: dict | None) -> float | None:
+    """The measured speedup of the round prune kept (the one whose prediction the report holds)."""
+    if not lat:
+        return None
+    rounds = lat["calibration"]
+    return min(rounds, key=lambda r: abs(r["predicted"] - lat["predicted_speedup"]))["measured"]
+
+
 def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
-    """Every variant at every sparsity through pipeline.prune_model (no re-finetuning), sharing the
+    """Every variant at every budget through pipeline.prune_model (no re-finetuning), sharing the
     calibration draw and, between variants that score alike, the importance."""
     base = PruneConfig(
-        sparsity=a.sparsity[0], calib_samples=a.calib_samples, quiet=True, seed=seed, finetune_epochs=0
+        **budgets(a)[0],
+        threads=a.threads,
+        calib_samples=a.calib_samples,
+        quiet=True,
+        seed=seed,
+        finetune_epochs=0,
     )
     calib = calibrate(data, tok, dense, base, "shuffle")
     dense_metrics = evaluate(dense, tok, data)
     cache: dict = {}
     rows = []
-    for s in a.sparsity:
+    for b in budgets(a):
         for v in a.variants:
-            cfg = replace(base, sparsity=s, **VARIANTS[v])
+            if v == "uniform" and "speedup" in b:
+                continue
+            cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
-                cfg = replace(cfg, fixed_groups=round(1 / (1 - s)))
+                cfg = replace(cfg, fixed_groups=round(1 / (1 - b["sparsity"])))
             key = (cfg.importance, cfg.unit_fisher)
             if key not in cache:
                 t = time.perf_counter()
@@ -112,7 +143,10 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             m = rep["metrics"]
             row = {
                 "seed": seed,
-                "sparsity": s,
+                "budget": label(b),
+                "sparsity": b.get("sparsity"),
+                "sparsity_achieved": rep["sparsity_achieved"],
+                "measured_speedup": kept_speedup(rep.get("latency")),
                 "variant": v,
                 "masked": m["masked"][data.spec.main_metric],
                 "oneshot": m["pruned"][data.spec.main_metric],
@@ -124,8 +158,8 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             }
             rows.append(row)
             print(
-                f"seed {seed} s={s:.2f} {v:16s} masked {row['masked']:.4f}  compensated {row['oneshot']:.4f}  "
-                f"flops {row['flops_ratio']:.3f}  dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
+                f"seed {seed} {label(b)} {v:16s} masked {row['masked']:.4f}  compensated {row['oneshot']:.4f}  "
+                f"flops {row['flops_ratio']:.3f}  speedup {row['measured_speedup'] or 0:.2f}x  dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
                 flush=True,
             )
     return rows

@@ -41,6 +41,7 @@ class PruneConfig:
     importance_steps: int = 2  # T > 1: re-score the partly pruned, compensated model T - 1 times
     submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
+    free_widths: bool = True  # False: FFN pairs keep full hidden width (neurons only, as structured pruning)
     # re-finetuning
     finetune_epochs: float = 1.0
     kd: bool = False

@@ -193,3 +193,30 @@ def test_head_options_keep_whole_heads_by_importance():
     kept = torch.tensor([1.0] * hd + [0.0] * hd + [1.0] * hd + [0.0] * hd)
     assert torch.equal(q, kept[:, None].expand(H * hd, d))
     assert torch.equal(o, kept[None, :].expand(d, H * hd))
+
+
+def test_full_width_ffn_options_keep_every_hidden_dim(tokenizer):
+    """free_widths=False (the full-width ablation): every FFN pair sub-matrix reads all hidden dims in FFN-in
+    and writes all of them in FFN-out, so only neuron counts vary; the default offers narrower ones too."""
+    from conftest import tiny_model
+
+    from pgbert.adapters import prunable_names
+    from pgbert.stages.allocation import OptionSpace, build_items
+    from pgbert.stages.importance import head_importance, magnitude_scores
+
+    model = tiny_model("bert", tokenizer)
+    names = prunable_names(model)
+    scores = magnitude_scores(model, [n for layer in names for n in layer])
+    heads = head_importance(scores, names, 4)
+
+    def ffn_widths(free_widths: bool) -> set:
+        items = build_items(scores, names, OptionSpace(head_values=heads, free_widths=free_widths), 0.5)
+        subs = [
+            c.parts for item, cs in items if len(item) == 2 for c in cs if c.parts[0].kind == "pair-submatrix"
+        ]
+        assert subs
+        return {(a.shape[1], b.shape[0]) for a, b in subs}
+
+    hidden = model.config.hidden_size
+    assert ffn_widths(False) == {(hidden, hidden)}
+    assert len(ffn_widths(True)) > 1

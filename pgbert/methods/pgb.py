@@ -85,6 +85,7 @@ class PGB(Method):
             ffn_steps=cfg.ffn_steps,
             fixed_groups=cfg.fixed_groups,
             allow_drop=cfg.allow_drop,
+            free_widths=cfg.free_widths,
             head_values=head_values,
         )
         names = prunable_names(dense)

@@ -383,6 +383,7 @@ class OptionSpace:
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps
     fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     allow_drop: bool = True  # False: every matrix keeps at least one block (no sublayer dropping)
+    free_widths: bool = True  # False: FFN pair sub-matrices keep full hidden width (neurons only)
     head_values: list[torch.Tensor] | None = field(default=None, repr=False)  # per layer, per head
 
 
@@ -407,6 +408,14 @@ def build_items(
                 opts = pair_options(
                     scores[by[a]], scores[by[b]], ax, bx, space.group_counts, fractions, space.permute
                 )
+                if not space.free_widths:  # the shared axis only: full rows / columns on the free axes
+                    full_a, full_b = scores[by[a]].shape[1 - ax], scores[by[b]].shape[1 - bx]
+                    opts = [
+                        (oa, ob)
+                        for oa, ob in opts
+                        if oa.kind != "pair-submatrix"
+                        or (oa.shape[1 - ax], ob.shape[1 - bx]) == (full_a, full_b)
+                    ]
                 items.append(((by[a], by[b]), [Choice(p) for p in opts]))
         else:
             gc = (space.fixed_groups,) if space.fixed_groups else space.group_counts
