@@ -37,7 +37,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("results", nargs="+")
     p.add_argument("--json", help="write the merged rows with their summary and paired tables")
-    p.add_argument("--png", help="write the accuracy-vs-FLOPs plot")
+    p.add_argument("--png", help="write the plot of accuracy against measured speedup")
     a = p.parse_args()
     res = merge(a.results)
     rows = res["rows"]
