@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance-steps",
         type=int,
-        default=2,
-        help="T > 1: re-score the partly pruned, compensated model T-1 times on the way to the budget",
+        help="T > 1: re-score the partly pruned, compensated model T-1 times on the way to the budget "
+        "(default: 2 with --sparsity alone, 1 with --speedup / --latency-ms)",
     )
     p.add_argument(
         "--compensation-target",

@@ -51,14 +51,15 @@ class PGB(Method):
 
     def select(self, dense: nn.Module, scores, calib: Calibration, cfg) -> Selection:
         """Stages 2-4: grouping, the knapsack under the weight budget, masks (re-permutation). With
-        cfg.importance_steps = T > 1, the kept fraction shrinks geometrically to the budget over T steps:
+        cfg.importance_step_count() = T > 1, the kept fraction shrinks geometrically to the budget over T steps:
         each step prunes and compensates a copy of the dense model and scores it afresh (stage 1 again,
         on the same calibration data), and the last step's scores choose the masks."""
         steps = []
         budget = LatencyBudget.of(dense, cfg)
-        for t in range(1, cfg.importance_steps):
+        T = cfg.importance_step_count()
+        for t in range(1, T):
             start = time.perf_counter()
-            frac = t / cfg.importance_steps
+            frac = t / T
             sparsity = None if cfg.sparsity is None else 1 - (1 - cfg.sparsity) ** frac
             step_cfg = replace(cfg, sparsity=sparsity, drop_check=False)
             partway = budget.partway(frac) if budget else None
