@@ -10,7 +10,7 @@ optional plot:
 import argparse
 import json
 
-from pgbert.comparison import markdown, paired, plot, summarise
+from pgbert.comparison import budget_of, markdown, paired, plot, summarise
 
 
 def merge(paths: list[str]) -> dict:
@@ -19,9 +19,9 @@ def merge(paths: list[str]) -> dict:
         if (r["task"], r["dense"]) != (runs[0]["task"], runs[0]["dense"]):
             raise SystemExit(f"results differ in task or dense score: {paths}")
     rows = [row for r in runs for row in r["rows"]]
-    keys = [(row["method"], row["sparsity"], row["seed"]) for row in rows]
+    keys = [(row["method"], budget_of(row), row["seed"]) for row in rows]
     if len(set(keys)) != len(keys):
-        raise SystemExit("the same method, sparsity and seed appear in more than one file")
+        raise SystemExit("the same method, budget and seed appear in more than one file")
     return {
         "model": runs[0]["model"],
         "task": runs[0]["task"],
