@@ -1,12 +1,13 @@
 """Every structured method under one measured-time budget (issue 14): Kwon et al.'s latency mode, structured
 Fisher priced by the cost table, and `compare --speedup`."""
 
-import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import fast_config, sentiment_rows
+from conftest import fast_config
+from test_compare import compare_setup
 
 from pgbert import api, profile
 from pgbert.comparison import LATENCY_METHODS, CompareConfig
@@ -106,23 +107,11 @@ def test_compare_at_equal_speedups(save_tiny, tmp_path, monkeypatch):
     at the deployment setting, and the plot of accuracy against measured speedup."""
     monkeypatch.setattr(profile, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(profile, "MIN_RUN_TIME", 0.005)
-    tr = tmp_path / "tr.jsonl"
-    tr.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(160)))
-    opts = DataOptions(train_file=str(tr), dev_file=str(tr), max_dev_samples=40)
-    cfg = CompareConfig(
-        speedups=(1.1,),
-        methods=LATENCY_METHODS,
-        calib_samples=64,
-        compensation_samples=32,
-        finetune_epochs=0,
-        batch_size=16,
-        threads=1,
-        target_batch_size=2,
-        target_seq_len=16,
-        quiet=True,
-    )
+    model, opts, cfg = compare_setup(save_tiny, tmp_path)
+    cfg = replace(cfg, speedups=(1.1,), methods=LATENCY_METHODS, seeds=1, finetune_epochs=0)
+    cfg = replace(cfg, threads=1, target_batch_size=2, target_seq_len=16)
     out = tmp_path / "cmp"
-    rows = api.compare(save_tiny("bert"), "classification", out, opts, cfg)
+    rows = api.compare(model, "classification", out, opts, cfg)
     assert sorted(r["method"] for r in rows) == sorted(LATENCY_METHODS)
     for r in rows:
         assert (r["budget"], r["target"], r["sparsity"]) == ("speedup", 1.1, None)
