@@ -374,21 +374,21 @@ class Kwon(Method):
                     heads, neurons = search_latency(hf, nf, c, *luts)
                 except LatencyInfeasible as e:
                     raise b.unreachable(e) from None
-                keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
+                keep = _per_layer(heads, neurons)
                 masks = unit_masks_to_weight_masks(dense, prunable_names(dense), keep)
                 return masks, units_ms(b.table, keep), (heads, neurons, c)
 
             (heads, neurons, c), steps = budget.choose_measured(dense, timed)
             t_heads, t_neurons = search_latency(hf, nf, math.sqrt(c), *luts)
-            keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
-            report = {"latency_constraint": c, "latency": budget.report(units_ms(budget.table, keep), steps)}
-        keep = [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
+            predicted = units_ms(budget.table, _per_layer(heads, neurons))
+            report = {"latency_constraint": c, "latency": budget.report(predicted, steps)}
+        keep = _per_layer(heads, neurons)
         if self.do_rearrange:
             keep = [
                 {k: rearrange(kp[k], u[f"{k}.batches"]) for k in ("head", "neuron")}
                 for kp, u in zip(keep, units)
             ]
-        teacher = [{"head": h, "neuron": n} for h, n in zip(t_heads, t_neurons)]
+        teacher = _per_layer(t_heads, t_neurons)
         masks = unit_masks_to_weight_masks(dense, prunable_names(dense), keep)
         return Selection(masks, {"keep": keep, "teacher_keep": teacher}, report)
 
@@ -398,6 +398,11 @@ class Kwon(Method):
         return rescale(
             dense, pruned, sel.info["keep"], sel.info["teacher_keep"], calib.batches, calib.task_kind != "qa"
         )
+
+
+def _per_layer(heads: torch.Tensor, neurons: torch.Tensor) -> list[dict]:
+    """(layers, heads) and (layers, neurons) keep masks -> one {"head", "neuron"} dict per layer."""
+    return [{"head": h, "neuron": n} for h, n in zip(heads, neurons)]
 
 
 def sample_with_replacement(n_pool: int, n: int, seed: int) -> np.ndarray:
