@@ -220,3 +220,28 @@ def test_full_width_ffn_options_keep_every_hidden_dim(tokenizer):
     hidden = model.config.hidden_size
     assert ffn_widths(False) == {(hidden, hidden)}
     assert len(ffn_widths(True)) > 1
+
+
+def test_run_layer_stops_after_the_last_captured_input(tokenizer):
+    """stop=True captures the same inputs as a full run of the layer and runs nothing after them."""
+    from conftest import tiny_model
+
+    from pgbert.adapters import adapter_for
+    from pgbert.stages.compensation import layer_inputs, run_layer
+
+    model = tiny_model("bert", tokenizer).eval()
+    batch = tokenizer(["a good film", "a bad one, long and dull"], padding=True, return_tensors="pt")
+    inputs = layer_inputs(model, [dict(batch)])
+    layer = adapter_for(model.config).layers(model)[0]
+    parts = adapter_for(model.config).parts(layer)
+    capture = {"o": parts.linear("o"), "q": parts.linear("q")}
+    nxt, full = run_layer(layer, inputs, capture, "input")
+    calls = []
+    hook = parts.linear("ffn_in").register_forward_hook(lambda *a: calls.append(1))
+    try:
+        none, early = run_layer(layer, inputs, capture, "input", stop=True)
+    finally:
+        hook.remove()
+    assert none is None and len(nxt) == 1 and not calls  # FFN-in, after O, never ran
+    assert all(torch.equal(full[k], early[k]) for k in capture)
+    assert full["q"].shape[0] == int(batch["attention_mask"].sum())  # valid tokens only

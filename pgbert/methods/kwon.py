@@ -284,7 +284,7 @@ def rescale(
         xt_next, t = run_layer(t_layers[li], xt, {"o": tp.o, "a": tp.ffn_out, "h": tp.ffn_in}, "input")
         kh = torch.nonzero(keep[li]["head"])[:, 0].tolist()
         if kh and li != 0:
-            _, s = run_layer(s_layers[li], xs, {"o": sp.o}, "input")
+            _, s = run_layer(s_layers[li], xs, {"o": sp.o}, "input", stop=True)
             xt_tok, xs_tok = (torch.cat([x[m] for x, _, m in inp]) for inp in (xt, xs))
             target = t["o"] @ tp.o.weight.T + tp.o.bias + xt_tok
             ata, atb = attention_lstsq(s["o"], xs_tok, target, sp.o.weight, sp.o.bias, kh, hd)
@@ -297,7 +297,7 @@ def rescale(
             report["tuned"].append(f"layer{li}.attention")
         kn = torch.nonzero(keep[li]["neuron"])[:, 0]
         if kn.numel():
-            _, s = run_layer(s_layers[li], xs, {"a": sp.ffn_out, "h": sp.ffn_in}, "input")
+            _, s = run_layer(s_layers[li], xs, {"a": sp.ffn_out, "h": sp.ffn_in}, "input", stop=True)
             tt, ss = dict(t), dict(s)
             if cls_only and li == len(s_layers) - 1:  # the [CLS] token of each sequence only
                 first = _first_tokens(xs)

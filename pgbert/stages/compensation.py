@@ -113,30 +113,39 @@ def layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Tens
     return [(x, m, batch["attention_mask"].bool()) for (x, m), batch in zip(out, batches)]
 
 
-def run_layer(layer, inputs, capture: dict[str, nn.Module], what: str):
+def run_layer(layer, inputs, capture: dict[str, nn.Module], what: str, stop: bool = False):
     """Run one layer over all batches; return next hidden states and captured linear inputs or outputs
-    (valid tokens only)."""
+    (valid tokens only). stop=True (inputs only): each batch runs only until every captured module has
+    received its input, and no next hidden states are returned (None)."""
+    if stop and what != "input":
+        raise ValueError("stop=True captures inputs only")
     got = {k: [] for k in capture}
     hooks = []
-    tok = {}
+    tok: dict = {}
     for k, mod in capture.items():
 
-        def hook(m, a, o, k=k):
-            t = a[0] if what == "input" else o
-            got[k].append(t.detach()[tok["mask"]])
+        def hook(m, a, o=None, k=k):
+            got[k].append((a[0] if what == "input" else o).detach()[tok["mask"]])
+            tok["seen"].add(k)
+            if stop and len(tok["seen"]) == len(capture):
+                raise _Stop
 
-        hooks.append(mod.register_forward_hook(hook))
+        reg = mod.register_forward_pre_hook if what == "input" else mod.register_forward_hook
+        hooks.append(reg(hook))
     nxt = []
     try:
         with torch.no_grad():
             for x, attn, tmask in inputs:
-                tok["mask"] = tmask
-                y = layer(x, attn)
+                tok.update(mask=tmask, seen=set())
+                try:
+                    y = layer(x, attn)
+                except _Stop:
+                    continue
                 nxt.append((y[0] if isinstance(y, tuple) else y, attn, tmask))
     finally:
         for h in hooks:
             h.remove()
-    return nxt, {k: torch.cat(v) for k, v in got.items()}
+    return (None if stop else nxt), {k: torch.cat(v) for k, v in got.items()}
 
 
 def compensate(
@@ -255,7 +264,7 @@ RESIDUAL_OF = {"o": "q", "ffn_out": "ffn_in"}  # O adds to the layer input (Q's 
 
 def _residuals(layer, inputs, parts) -> dict[str, torch.Tensor]:
     """The dense layer's residual streams on valid tokens: its input and its FFN's input."""
-    _, got = run_layer(layer, inputs, {"ffn_in": parts.linear("ffn_in")}, "input")
+    _, got = run_layer(layer, inputs, {"ffn_in": parts.linear("ffn_in")}, "input", stop=True)
     return {"q": torch.cat([x[m] for x, _, m in inputs]), "ffn_in": got["ffn_in"]}
 
 
@@ -267,7 +276,7 @@ def _pairs(layer, inputs, parts, stage: tuple[str, ...], targets: dict) -> tuple
         xs = {k: x for k in stage}
     else:
         extra = (RESIDUAL_OF[stage[0]],) if stage[0] in RESIDUAL_OF else ()
-        _, xs = run_layer(layer, inputs, {k: parts.linear(k) for k in stage + extra}, "input")
+        _, xs = run_layer(layer, inputs, {k: parts.linear(k) for k in stage + extra}, "input", stop=True)
     return xs, {k: targets[k] for k in stage}
 
 
