@@ -9,8 +9,7 @@ scores and calibration data:
   no-compensation masks only
   no-layer-drop   every matrix keeps at least one block
   no-drop-check   sublayers drop where the knapsack's second-order price says so, unmeasured
-  steps-T         importance estimated T times (T = 1: once, on the dense model; PGB's default: 2 under a
-                  sparsity, 1 under a speedup)
+  steps-T         importance estimated T times (T = 1, PGB's default: once, on the dense model)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
@@ -46,8 +45,8 @@ VARIANTS = {
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
     "no-drop-check": {"drop_check": False},  # drops as the knapsack prices them (before issue 12)
-    "steps-1": {"importance_steps": 1},  # one importance estimate (the default under --speedup)
-    "steps-2": {"importance_steps": 2},  # the default under --sparsity
+    "steps-1": {"importance_steps": 1},  # one importance estimate (the default)
+    "steps-2": {"importance_steps": 2},  # a second estimate on the partly pruned model
     "steps-3": {"importance_steps": 3},
     "steps-4": {"importance_steps": 4},
     "residual-target": {"compensation_target": "residual"},

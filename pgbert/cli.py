@@ -163,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--importance-steps",
         type=int,
+        default=1,
         help="T > 1: re-score the partly pruned, compensated model T-1 times on the way to the budget "
-        "(default: 2 with --sparsity alone, 1 with --speedup / --latency-ms)",
+        "(1: one estimate, on the dense model)",
     )
     p.add_argument(
         "--compensation-target",

@@ -38,9 +38,11 @@ class PruneConfig:
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     drop_check: bool = True  # a sublayer drops only if that measures better than keeping it (held-out loss)
     drop_check_samples: int = 128  # calibration examples the drop check compensates on
-    # T > 1: re-score the partly pruned, compensated model T - 1 times; None: 2 under a weight budget, 1 under
-    # a latency budget (measured on the MiniLM, 3 seeds: see importance_step_count)
-    importance_steps: int | None = None
+    # T > 1: re-score the partly pruned, compensated model T - 1 times on the way to the budget. 1 (one
+    # estimate, on the dense model): on the MiniLM, 3 seeds, one shot, T = 2 never did better on the mean
+    # (0.5 / 0.75 / 0.88: -0.3 / -0.6 / -0.2 points; at 5x speed -4.1) and took twice the time
+    # (benchmarks/results/ablation-steps-weight*.txt, ablation-speed*.txt)
+    importance_steps: int = 1
     submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
     free_widths: bool = True  # False: FFN pairs keep full hidden width (neurons only, as structured pruning)
@@ -84,7 +86,7 @@ class PruneConfig:
             raise PgbertError(
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
-        if self.importance_steps is not None and self.importance_steps < 1:
+        if self.importance_steps < 1:
             raise PgbertError(f"--importance-steps must be at least 1, got {self.importance_steps}")
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
@@ -100,13 +102,5 @@ class PruneConfig:
 
         return Setting(self.device, self.threads, self.dtype, self.target_batch_size, self.target_seq_len)
 
-    def importance_step_count(self) -> int:
-        """--importance-steps, or its default. Under a weight budget 2 (at sparsity 0.88 on the MiniLM it
-        kept 1-2 points more one shot). Under a latency budget 1: at 5x, 3 seeds, one estimate gave 0.843
-        one shot against 0.802 with two, and tied at 2x (benchmarks/results/ablation-speed*.txt)."""
-        if self.importance_steps is not None:
-            return self.importance_steps
-        return 1 if self.latency_budget else 2
-
     def to_dict(self) -> dict:
-        return {**asdict(self), "importance_steps": self.importance_step_count()}  # what ran
+        return asdict(self)

@@ -127,7 +127,7 @@ def fast_config(**kw):
     from pgbert.config import PruneConfig
 
     base = dict(
-        importance_steps=1,  # one estimate keeps unit tests fast; T = 2 (the default) has its own test
+        importance_steps=1,  # the default; T = 2 has its own test
         calib_samples=64,
         compensation_samples=32,
         check_samples=32,

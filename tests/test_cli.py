@@ -216,10 +216,10 @@ def test_task_defaults_to_classification_with_files_and_validation_file_alias(ca
 @pytest.mark.parametrize(
     "flags,expect",
     [
-        ([], {"importance_steps": 2, "drop_check": True, "compensation_target": "linear"}),
+        ([], {"importance_steps": 1, "drop_check": True, "compensation_target": "linear"}),
         (
-            ["--importance-steps", "1", "--no-drop-check", "--compensation-target", "residual"],
-            {"importance_steps": 1, "drop_check": False, "compensation_target": "residual"},
+            ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "residual"],
+            {"importance_steps": 2, "drop_check": False, "compensation_target": "residual"},
         ),
     ],
 )

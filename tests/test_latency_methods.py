@@ -148,14 +148,3 @@ def test_a_speed_out_of_a_methods_reach_is_a_note_not_a_failure():
         r["sparsity_achieved"] = 0.9
     assert [s["method"] for s in summarise(rows)] == ["pgb"]
     assert unreachable_notes(rows) == "\nkwon at speedup 8x: not reached (largest 6.1x)\n"
-
-
-def test_importance_steps_default_by_budget():
-    """Two importance estimates under a weight budget, one under a latency budget, unless given; the report's
-    config records the count that ran."""
-    from pgbert.config import PruneConfig
-
-    assert PruneConfig(sparsity=0.5).importance_step_count() == 2
-    assert PruneConfig(speedup=2.0).importance_step_count() == 1
-    assert PruneConfig(speedup=2.0, sparsity=0.5).importance_step_count() == 1
-    assert PruneConfig(speedup=2.0, importance_steps=3).to_dict()["importance_steps"] == 3

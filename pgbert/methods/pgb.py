@@ -51,12 +51,12 @@ class PGB(Method):
 
     def select(self, dense: nn.Module, scores, calib: Calibration, cfg) -> Selection:
         """Stages 2-4: grouping, the knapsack under the weight budget, masks (re-permutation). With
-        cfg.importance_step_count() = T > 1, the kept fraction shrinks geometrically to the budget over T steps:
+        cfg.importance_steps = T > 1, the kept fraction shrinks geometrically to the budget over T steps:
         each step prunes and compensates a copy of the dense model and scores it afresh (stage 1 again,
         on the same calibration data), and the last step's scores choose the masks."""
         steps = []
         budget = LatencyBudget.of(dense, cfg)
-        T = cfg.importance_step_count()
+        T = cfg.importance_steps
         for t in range(1, T):
             start = time.perf_counter()
             frac = t / T
