@@ -48,4 +48,5 @@ if __name__ == "__main__":
             json.dump({**res, "summary": summary, "paired": pairs}, f, indent=2)
     if a.png:
         plot(summary, a.png, metric)
-    print(markdown(summary, res["dense"], metric, pairs), end="")
+    refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in res["configs"])
+    print(markdown(summary, res["dense"], metric, pairs, refinetuned), end="")

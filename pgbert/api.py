@@ -387,7 +387,8 @@ def compare(
             },
         )
         (tmp / "results.md").write_text(
-            cmp.markdown(summary, dense_score, main, pairs) + cmp.unreachable_notes(rows)
+            cmp.markdown(summary, dense_score, main, pairs, cfg.finetune_epochs > 0)
+            + cmp.unreachable_notes(rows)
         )
         cmp.plot(summary, tmp / "results.png", main)
     return rows

@@ -256,7 +256,11 @@ def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCT
     return out
 
 
-def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] | None = None) -> str:
+def markdown(
+    summary: list[dict], dense: float, metric: str, pairs: list[dict] | None = None, refinetuned: bool = True
+) -> str:
+    """The summary and paired tables; refinetuned=False (a compare with --finetune-epochs 0) writes "not run"
+    in the re-finetuned columns instead of repeating the one-shot numbers."""
     lines = [
         f"Dense {metric}: {dense:.4f}",
         "",
@@ -264,9 +268,10 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in summary:
+        tuned = _cell(f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f}", refinetuned)
         lines.append(
-            f"| {r['method']} | {budget_label(r)} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | "
-            f"{r['finetuned']:.4f} ± {r['finetuned_std']:.4f} | {r['sparsity_achieved']:.3f} | {int(r['params_kept']):,} | "
+            f"| {r['method']} | {budget_label(r)} | {r['oneshot']:.4f} ± {r['oneshot_std']:.4f} | {tuned} | "
+            f"{r['sparsity_achieved']:.3f} | {int(r['params_kept']):,} | "
             f"{r['flops_ratio']:.3f} | {r['speedup']:.2f}x ± {r['speedup_std']:.2f} | {r['prune_seconds']:.0f} |"
         )
     if pairs:
@@ -286,8 +291,14 @@ def markdown(summary: list[dict], dense: float, metric: str, pairs: list[dict] |
                 cells.append(
                     f"{r[k]:+.4f} ± {r[k + '_std']:.4f} ({r[k + '_wins']}-{ties}-{r[k + '_losses']}{p})"
                 )
-            lines.append(f"| {r['baseline']} | {budget_label(r)} | {cells[0]} | {cells[1]} |")
+            lines.append(
+                f"| {r['baseline']} | {budget_label(r)} | {cells[0]} | {_cell(cells[1], refinetuned)} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str, run: bool) -> str:
+    return text if run else "not run"
 
 
 def plot(summary: list[dict], path, metric: str) -> None:

@@ -163,6 +163,13 @@ def test_paired_differences_by_seed():
     assert r["oneshot"] == pytest.approx(0.01) and r["oneshot_std"] == pytest.approx(0.01)
     assert (r["oneshot_wins"], r["oneshot_losses"]) == (2, 0)
     assert r["oneshot_p"] == pytest.approx(0.2254, abs=1e-3)  # t = 0.01 / (0.01 / sqrt 3), 2 dof
-    assert "| kwon | s=0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) |" in markdown([], 0.9, "accuracy", [r])
+    assert (
+        "| kwon | s=0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) | +0.0100 ± 0.0100 (2-1-0, p 0.23) |"
+        in markdown([], 0.9, "accuracy", [r])
+    )
+    # a compare without re-finetuning says so instead of repeating the one-shot numbers
+    assert "| kwon | s=0.50 | +0.0100 ± 0.0100 (2-1-0, p 0.23) | not run |" in markdown(
+        [], 0.9, "accuracy", [r], refinetuned=False
+    )
     two = paired([x for x in rows if x["seed"] < 2])[0]
     assert two["seeds"] == 2 and two["oneshot_p"] is None  # too few seeds for a p-value
