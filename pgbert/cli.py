@@ -98,6 +98,15 @@ def _train_config(a, **kw):
     )
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default once: not for flags without one, nor where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="finetune",
         help="fine-tune a BERT-family model on a task",
     )
@@ -117,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="evaluate",
         help="dev metrics of a fine-tuned or compact model",
     )
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="prune",
         help="prune a fine-tuned model (PGB by default) and export the compact model",
     )
@@ -194,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="compact",
         help="turn a pruned (masked) model folder into a compact model",
     )
@@ -203,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="export",
         help="export a model folder to ONNX and check it in onnxruntime",
     )
@@ -217,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(p, task_help="optional: evaluate the exported file on this task's dev set")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="bench",
         help="latency of a model, optionally against a dense one",
     )
@@ -228,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="profile",
         help="measure the cost table (time per kept heads / FFN size) of a model's geometry on this machine",
     )
@@ -237,13 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="compare",
         help="PGB against the baselines at several budgets and seeds",
     )
     p.add_argument("model")
     _data_args(p)
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88], help="weight budgets")
     p.add_argument("--methods", nargs="+", help=f"default: all of {', '.join(METHOD_NAMES)}")
     g = p.add_argument_group(
         "equal measured speed: every method pruned to each speedup at the deployment setting (instead of "
@@ -251,15 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--speedup", type=float, nargs="+", help="e.g. 2 4 8")
     _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--calib-samples", type=int, default=2048)
-    p.add_argument("--compensation-samples", type=int, default=512)
-    p.add_argument("--finetune-epochs", type=float, default=0.25)
+    p.add_argument("--seeds", type=int, default=3, help="runs per cell, each its own calibration draw")
+    p.add_argument("--calib-samples", type=int, default=2048, help="calibration examples per run")
+    p.add_argument("--compensation-samples", type=int, default=512, help="of those, used by compensation")
+    p.add_argument("--finetune-epochs", type=float, default=0.25, help="re-finetune (0: one shot only)")
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser(
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
         name="demo",
         help="fine-tune the bundled MiniLM and compare methods at 0.5 and 0.88",
     )

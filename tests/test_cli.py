@@ -204,6 +204,20 @@ def test_help_and_version_do_not_import_torch():
     assert ver.returncode == 0 and ver.stdout.strip() == "pgbert 0.1.0"
 
 
+def test_help_states_each_default_once():
+    """Every subcommand's --help: a flag's default appears once, never as '(default: None)'."""
+    from pgbert.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        assert "(default: None)" not in p.format_help(), name
+        fmt = p.formatter_class(prog=p.prog)
+        for action in p._actions:  # a help that states its default gets no second one
+            assert (fmt._get_help_string(action) or "").count("default:") <= 1, (name, action.dest)
+    compare = " ".join(sub.choices["compare"].format_help().split())
+    assert "(default: [0.5, 0.75, 0.88])" in compare and "draw (default: 3)" in compare
+
+
 def test_task_defaults_to_classification_with_files_and_validation_file_alias(capsys):
     from pgbert.cli import build_parser
 
