@@ -37,17 +37,17 @@ def _data_args(p: argparse.ArgumentParser, task_help: str = "") -> None:
     )
     g.add_argument("--text-pair-column", help="column with the second text of a pair task (e.g. sentence2)")
     g.add_argument("--label-column", help="column with the label (default: label); string labels are fine")
-    g.add_argument("--max-train-samples", type=int)
-    g.add_argument("--max-dev-samples", type=int)
-    g.add_argument("--max-seq-length", type=int, default=128)
+    g.add_argument("--max-train-samples", type=int, help="use only the first N training examples")
+    g.add_argument("--max-dev-samples", type=int, help="use only the first N dev examples")
+    g.add_argument("--max-seq-length", type=int, default=128, help="longer inputs are truncated")
 
 
 def _train_args(p: argparse.ArgumentParser, epochs: float) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=float, default=epochs)
-    g.add_argument("--lr", type=float, default=5e-5)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--epochs", type=float, default=epochs, help="passes over the training split")
+    g.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (linear warm-up and decay)")
+    g.add_argument("--batch-size", type=int, default=32, help="training batch size")
+    g.add_argument("--seed", type=int, default=42, help="data order and initialisation of the head")
     g.add_argument(
         "--eval-steps",
         type=int,
@@ -156,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--latency-ms", type=float, help="at most this many ms per forward pass")
     _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
-    p.add_argument("--calib-samples", type=int, default=2048)
-    p.add_argument("--compensation-samples", type=int, default=512)
-    p.add_argument("--importance", choices=["fisher", "magnitude"], default="fisher")
+    p.add_argument("--calib-samples", type=int, default=2048, help="training examples drawn to score weights")
+    p.add_argument("--compensation-samples", type=int, default=512, help="of those, used by compensation")
+    p.add_argument("--importance", choices=["fisher", "magnitude"], default="fisher", help="weight scores")
     p.add_argument(
         "--no-permutation", action="store_true", help="identity grouping: the same as --method pgb-identity"
     )
-    p.add_argument("--no-compensation", action="store_true")
+    p.add_argument("--no-compensation", action="store_true", help="skip the least-squares step (ablation)")
     p.add_argument("--no-layer-drop", action="store_true", help="every matrix keeps at least one block")
     p.add_argument(
         "--no-drop-check",
@@ -190,9 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="0 skips re-finetuning")
     p.add_argument("--kd", action="store_true", help="distil from the dense model while re-finetuning")
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-5, help="re-finetuning's peak learning rate")
+    p.add_argument("--batch-size", type=int, default=32, help="re-finetuning's batch size")
+    p.add_argument("--seed", type=int, default=0, help="calibration draw and re-finetuning's data order")
     p.add_argument("--no-compact", action="store_true", help="save only the masked model")
     p.add_argument(
         "--save-masked",
