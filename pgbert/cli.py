@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-permutation", action="store_true", help="identity grouping: the same as --method pgb-identity"
     )
-    p.add_argument("--no-compensation", action="store_true", help="skip least-squares compensation (pgb, structured-fisher; ablation)")
+    p.add_argument(
+        "--no-compensation",
+        action="store_true",
+        help="skip least-squares compensation (pgb, structured-fisher; ablation)",
+    )
     p.add_argument("--no-layer-drop", action="store_true", help="every matrix keeps at least one block")
     p.add_argument(
         "--no-drop-check",
