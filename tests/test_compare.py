@@ -173,3 +173,35 @@ def test_paired_differences_by_seed():
     )
     two = paired([x for x in rows if x["seed"] < 2])[0]
     assert two["seeds"] == 2 and two["oneshot_p"] is None  # too few seeds for a p-value
+
+
+def test_grid_cells_say_where_pgb_leads(tmp_path):
+    """benchmarks/grid.py: a cell is "yes" only if PGB's mean is at least every baseline's; a one-shot-only
+    compare leaves the re-finetuned cell "not run"; the same budget and baseline in two files is an error."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import grid
+
+    acc = {"pgb": [0.80, 0.82], "kwon": [0.81, 0.82], "structured-fisher": [0.70, 0.72]}
+    rows = [
+        {
+            "method": m,
+            "sparsity": 0.5,
+            "seed": i,
+            "oneshot": a,
+            "finetuned": a + (0.03 if m == "pgb" else 0.0),
+        }
+        for m, accs in acc.items()
+        for i, a in enumerate(accs)
+    ]
+    tuned, oneshot = tmp_path / "a.json", tmp_path / "b.json"
+    tuned.write_text(json.dumps({"config": {"finetune_epochs": 0.25}, "rows": rows}))
+    oneshot.write_text(json.dumps({"config": {"finetune_epochs": 0.0}, "rows": rows}))
+    table = grid.grid({"t": [str(tuned)], "u": [str(oneshot)]}, [0.5, 0.88])
+    assert "| t | **no** (K -0.5, S +10.0) | yes (K +2.5, S +13.0) | not run | not run |" in table
+    assert "| u | **no** (K -0.5, S +10.0) | not run | not run | not run |" in table
+    with pytest.raises(SystemExit, match="already given"):
+        grid.cells([str(oneshot), str(oneshot)])

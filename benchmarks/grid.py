@@ -1,0 +1,68 @@
+"""Issue 12's grid: on each task, at each budget, is PGB's mean at least each baseline's, one shot and
+re-finetuned? Reads `pgbert compare` results.json files (pairing stays inside a file: one fine-tune, the
+same calibration draws per seed) and prints one markdown row per task:
+
+    python benchmarks/grid.py \
+        rt-sentiment=benchmarks/results/compare12-rt-0.5-0.75.json,benchmarks/results/compare12-rt-0.88.json \
+        amazon-sentiment=benchmarks/results/compare12-amazon.json \
+        rt-score=benchmarks/results/compare12-rtscore-0.5-0.75.json,benchmarks/results/compare12-rtscore-0.88.json
+
+A cell reads "yes" or "**no**", then PGB minus each baseline in points (paired by seed, mean); "not run"
+where no file holds that budget (or, for the re-finetuned half, only a --finetune-epochs 0 compare does).
+"""
+
+import argparse
+import json
+
+from pgbert.comparison import paired
+
+SHORT = {"structured-fisher": "S", "kwon": "K"}
+
+
+def cells(paths: list[str]) -> dict[tuple[float, str], list[tuple[str, float]]]:
+    """(sparsity, "oneshot" | "finetuned") -> [(baseline, PGB minus baseline)], from every file given."""
+    out: dict[tuple[float, str], list[tuple[str, float]]] = {}
+    for path in paths:
+        res = json.load(open(path))
+        refinetuned = res["config"].get("finetune_epochs", 1) > 0
+        for p in paired(res["rows"]):
+            if p["budget"] != "sparsity":
+                continue
+            for half in ("oneshot", "finetuned") if refinetuned else ("oneshot",):
+                key = (p["target"], half)
+                if any(b == p["baseline"] for b, _ in out.get(key, [])):
+                    raise SystemExit(f"{path}: sparsity {p['target']} vs {p['baseline']} already given")
+                out.setdefault(key, []).append((p["baseline"], p[half]))
+    return out
+
+
+def cell(diffs: list[tuple[str, float]] | None) -> str:
+    if not diffs:
+        return "not run"
+    verdict = "yes" if all(d >= 0 for _, d in diffs) else "**no**"
+    return verdict + " (" + ", ".join(f"{SHORT.get(b, b)} {100 * d:+.1f}" for b, d in sorted(diffs)) + ")"
+
+
+def grid(tasks: dict[str, list[str]], sparsities: list[float]) -> str:
+    head = " | ".join(f"{s:g} one shot | {s:g} re-finetuned" for s in sparsities)
+    lines = [f"| task | {head} |", "|---" * (1 + 2 * len(sparsities)) + "|"]
+    for task, paths in tasks.items():
+        c = cells(paths)
+        row = [cell(c.get((s, half))) for s in sparsities for half in ("oneshot", "finetuned")]
+        lines.append(f"| {task} | " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("tasks", nargs="+", help="NAME=results.json[,results.json...]")
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
+    a = p.parse_args()
+    tasks = {}
+    for spec in a.tasks:
+        name, _, files = spec.partition("=")
+        if not files:
+            p.error(f"{spec!r}: expected NAME=results.json[,results.json...]")
+        tasks[name] = files.split(",")
+    print(grid(tasks, a.sparsity), end="")
+    print("\nS: structured Fisher, K: Kwon et al.; PGB minus the baseline, points, mean over paired seeds.")
