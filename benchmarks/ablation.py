@@ -1,7 +1,7 @@
 """Ablations of PGB's design choices on a fine-tuned model (default: the bundled MiniLM run folder).
 
-Variants at each sparsity, one shot (no re-finetuning, so the method itself is measured), same Fisher
-scores and calibration data:
+Variants at each sparsity, same Fisher scores and calibration data; one shot by default (the method
+itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (same seed, masks fixed):
   full            PGB as shipped (permutation, allocation with sub-matrix options, compensation, drops)
   no-permutation  identity grouping (contiguous blocks)
   uniform         every matrix keeps all G blocks of a G-grouping, G = round(1 / (1-s)): the same density
@@ -16,8 +16,11 @@ scores and calibration data:
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
+  kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
+    python benchmarks/ablation.py runs/minilm-rt --sparsity 0.88 --variants full no-drop-check kd \
+        --seeds 0 1 2 --finetune-epochs 0.25
 
 With --speedup X [Y ...] (and --threads N) the budgets are measured speeds at batch 32 x seq 128 instead of
 sparsities (`pgbert prune --speedup`); "uniform" has no speed budget and is skipped there.
@@ -55,6 +58,7 @@ VARIANTS = {
     "dim-attention": {"attention": "blocks"},
     "ffn-eighths": {"ffn_steps": 8},
     "full-width": {"free_widths": False},
+    "kd": {"kd": True},
 }
 
 
@@ -68,6 +72,9 @@ def main() -> None:
     p.add_argument("--speedup", type=float, nargs="+", help="measured-speed budgets instead of sparsities")
     p.add_argument("--threads", type=int, default=0, help="with --speedup: CPU threads (0: all)")
     p.add_argument("--calib-samples", type=int, default=2048)
+    p.add_argument(
+        "--finetune-epochs", type=float, default=0.0, help="re-finetune each variant (0: one shot)"
+    )
     p.add_argument("--variants", nargs="+", default=list(VARIANTS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration subsets (seeds)")
     p.add_argument("--json")
@@ -82,13 +89,16 @@ def main() -> None:
     dense_acc = evaluate(dense, tok, data)[metric]
     print(f"dense {metric} {dense_acc:.4f}")
     rows = [r for seed in a.seeds for r in run_seed(dense, tok, data, a, seed)]
-    print("mean over seeds (masked / compensated):")
+    print("mean over seeds (masked / compensated / re-finetuned):")
     for b in budgets(a):
         for v in a.variants:
             rs = [r for r in rows if r["budget"] == label(b) and r["variant"] == v]
             if rs:
                 masked, comp = (statistics.mean(r[k] for r in rs) for k in ("masked", "oneshot"))
-                print(f"{label(b)} {v:16s} {masked:.4f} / {comp:.4f}  ({len(rs)} seeds)")
+                tuned = (
+                    f"{statistics.mean(r['finetuned'] for r in rs):.4f}" if a.finetune_epochs else "not run"
+                )
+                print(f"{label(b)} {v:16s} {masked:.4f} / {comp:.4f} / {tuned}  ({len(rs)} seeds)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"dense": dense_acc, "rows": rows}, f, indent=2)
@@ -119,7 +129,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
         calib_samples=a.calib_samples,
         quiet=True,
         seed=seed,
-        finetune_epochs=0,
+        finetune_epochs=a.finetune_epochs,
     )
     calib = calibrate(data, tok, dense, base, "shuffle")
     dense_metrics = evaluate(dense, tok, data)
@@ -127,7 +137,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     rows = []
     for b in budgets(a):
         for v in a.variants:
-            if v == "uniform" and "speedup" in b:
+            if (v == "uniform" and "speedup" in b) or (v == "kd" and not a.finetune_epochs):
                 continue
             cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
@@ -151,6 +161,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "variant": v,
                 "masked": m["masked"][data.spec.main_metric],
                 "oneshot": m["pruned"][data.spec.main_metric],
+                "finetuned": m["finetuned"][data.spec.main_metric] if "finetuned" in m else None,
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
                 "drop_checks": rep.get("drop_checks", []),
@@ -160,6 +171,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             rows.append(row)
             print(
                 f"seed {seed} {label(b)} {v:16s} masked {row['masked']:.4f}  compensated {row['oneshot']:.4f}  "
+                f"re-finetuned {row['finetuned'] or float('nan'):.4f}  "
                 f"flops {row['flops_ratio']:.3f}  speedup {row['measured_speedup'] or 0:.2f}x  dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
                 flush=True,
             )
