@@ -205,3 +205,28 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     assert "| u | **no** (K -0.5, S +10.0) | not run | not run | not run |" in table
     with pytest.raises(SystemExit, match="already given"):
         grid.cells([str(oneshot), str(oneshot)])
+
+
+def test_calibration_size_table_pairs_seeds_run_at_every_size():
+    """benchmarks/calibration_size.py: only seeds run at every size are paired; largest minus smallest."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import calibration_size
+
+    def row(n, seed, acc):
+        return {
+            "calib_samples": n,
+            "seed": seed,
+            "oneshot": acc,
+            "masked": acc - 0.1,
+            "dropped_sublayers": [],
+        }
+
+    rows = [row(512, 0, 0.80), row(512, 1, 0.70), row(512, 2, 0.9), row(2048, 0, 0.83), row(2048, 1, 0.72)]
+    text = calibration_size.table(rows)
+    assert "| 512 | 0.800 / 0.700 | 0.750 | 0.650 | 0 / 0 |" in text  # seed 2 has no 2,048 run
+    assert "2,048 minus 512, paired: +2.5 points (+3.0, +2.0)" in text  # no p-value from 2 seeds
+    text = calibration_size.table([*rows, row(2048, 2, 0.9)])
+    assert "2,048 minus 512, paired: +1.7 points (+3.0, +2.0, +0.0; p 0.20)" in text  # t = 1.89, 2 dof
