@@ -48,6 +48,7 @@ VARIANTS = {
     "no-compensation": {"compensate": False},
     "no-layer-drop": {"allow_drop": False},
     "no-drop-check": {"drop_check": False},  # drops as the knapsack prices them (before issue 12)
+    "drop-check-mean": {"drop_check_se": 0.0},  # a drop stands on any measured gain (before session 12)
     "steps-1": {"importance_steps": 1},  # one importance estimate (the default)
     "steps-2": {"importance_steps": 2},  # a second estimate on the partly pruned model
     "steps-3": {"importance_steps": 3},

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop sublayers where the knapsack's estimate says so, without measuring (ablation)",
     )
     p.add_argument(
+        "--drop-check-se",
+        type=float,
+        default=2.0,
+        help="a sublayer drops only if dropping lowers the held-out loss by this many standard errors "
+        "(0: by any amount)",
+    )
+    p.add_argument(
         "--importance-steps",
         type=int,
         default=1,
@@ -335,6 +342,7 @@ def run(argv: list[str] | None = None) -> int:
             compensate=not a.no_compensation,
             allow_drop=not a.no_layer_drop,
             drop_check=not a.no_drop_check,
+            drop_check_se=a.drop_check_se,
             importance_steps=a.importance_steps,
             compensation_target=a.compensation_target,
             attention=a.attention,

@@ -38,6 +38,9 @@ class PruneConfig:
     allow_drop: bool = True  # False: every matrix keeps at least one block (no layer dropping)
     drop_check: bool = True  # a sublayer drops only if that measures better than keeping it (held-out loss)
     drop_check_samples: int = 128  # calibration examples the drop check compensates on
+    # a drop stands only if it lowers the held-out loss by this many standard errors of the paired
+    # per-example difference (0: by any amount, the rule before session 12)
+    drop_check_se: float = 2.0
     # T > 1: re-score the partly pruned, compensated model T - 1 times on the way to the budget. 1 (one
     # estimate, on the dense model): on the MiniLM, 3 seeds, one shot, T = 2 never did better on the mean
     # (0.5 / 0.75 / 0.88: -0.3 / -0.6 / -0.2 points; at 5x speed -4.1) and took twice the time
@@ -86,6 +89,8 @@ class PruneConfig:
             raise PgbertError(
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
+        if self.drop_check_se < 0:
+            raise PgbertError(f"--drop-check-se must be 0 or more, got {self.drop_check_se}")
         if self.importance_steps < 1:
             raise PgbertError(f"--importance-steps must be at least 1, got {self.importance_steps}")
         if self.calib_samples < MIN_CALIB:

@@ -9,9 +9,9 @@ from conftest import FAMILIES, fast_config, hidden_error, sentiment_rows, squad_
 from pgbert import api
 from pgbert.adapters import MATRICES, prunable_names
 from pgbert.errors import PgbertError
-from pgbert.pipeline import calibrate, prune_model
-from pgbert.stages.allocation import OptionSpace, choose_masks
-from pgbert.stages.compensation import task_loss
+from pgbert.pipeline import batches_of, calibrate, prune_model
+from pgbert.stages.allocation import OptionSpace, choose_masks, drop_stands
+from pgbert.stages.compensation import example_losses, task_loss
 from pgbert.tasks import DataOptions, TaskData, get_task, load_task
 from pgbert.tasks.features import collator_for, encode_examples
 
@@ -210,10 +210,67 @@ def test_drop_check_keeps_a_sublayer_only_when_measured_better():
     _, masks, checks = choose_masks(scores, names, space, 0.5, prefers_kept)
     assert kept_ffn(masks) and [c["sublayer"] for c in checks] == ["layer1.ffn"]
     assert (checks[0]["loss_dropped"], checks[0]["loss_kept"]) == (2.0, 1.0) and len(calls) == 2
+    assert checks[0]["dropped"] is False
     total = sum(s.numel() for s in scores.values())
     assert sum(float(m.sum()) for m in masks.values()) <= 0.5 * total  # the budget still holds
     _, masks, checks = choose_masks(scores, names, space, 0.5, lambda m: 1.0 if not kept_ffn(m) else 2.0)
     assert all(torch.equal(masks[n], plain[n]) for n in plain) and len(checks) == 1
+
+
+def test_a_drop_stands_only_when_its_gain_exceeds_its_standard_error():
+    """Per-example losses, paired: dropping gains 0.1 on average. With a spread whose standard error is 0.1
+    (d = -0.1 +- 1, n = 100) the drop stands at 0 and 1 standard errors and not at 2; with no spread it
+    stands at any margin. The check re-solves the allocation when the drop does not stand."""
+    kept = torch.full((100,), 1.0, dtype=torch.float64)
+    noise = torch.tensor([1.0, -1.0] * 50, dtype=torch.float64) * (100 / 99) ** -0.5  # sample std exactly 1
+    dropped = kept - 0.1 + noise
+    for se, stands in ((0.0, True), (0.99, True), (1.01, False), (2.0, False)):
+        verdict, diff, err = drop_stands(dropped, kept, se)
+        assert verdict is stands and diff == pytest.approx(-0.1) and err == pytest.approx(0.1), se
+    assert drop_stands(kept - 0.1, kept, 100.0)[0] is True
+    assert drop_stands(2.0, 1.0, 0.0) == (False, 1.0, 0.0)  # scalar losses: no standard error
+
+    torch.manual_seed(0)
+    shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
+    names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
+    scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
+    for n in names[1][4:]:
+        scores[n] *= 1e-4
+    space = OptionSpace(head_values=[torch.rand(4) * 100 for _ in names])
+    kept_ffn = lambda m: float(m["l1.ffn_in"].sum()) > 0  # noqa: E731
+    noisy_gain = lambda m: kept if kept_ffn(m) else dropped  # noqa: E731
+    _, masks, checks = choose_masks(scores, names, space, 0.5, noisy_gain, drop_se=2.0)
+    assert kept_ffn(masks) and checks[0]["dropped"] is False
+    assert checks[0]["difference_se"] == pytest.approx(0.1)
+    _, masks, checks = choose_masks(scores, names, space, 0.5, noisy_gain, drop_se=0.0)
+    assert not kept_ffn(masks) and checks[0]["dropped"] is True
+
+
+def test_example_losses_average_to_the_models_own_loss(tokenizer, tmp_path):
+    """Classification, regression and extractive QA: the per-example losses' mean is the mean of the model's
+    own (batch-mean) loss, the measure the compensation guard uses."""
+    cls = tiny_model("bert", tokenizer)
+    d = sentiment()
+    reg = tiny_model("roberta", tokenizer, num_labels=1)
+    reg.config.problem_type = "regression"
+    rd = TaskData(
+        get_task("stsb"),
+        [{"text": e["text"], "text_pair": "x", "label": 4.0 * e["label"]} for e in d.train],
+        {},
+        None,
+        "s",
+    )
+    (tmp_path / "tr.json").write_text(json.dumps(squad_json(24)))
+    qd = load_task(
+        "squad", DataOptions(train_file=str(tmp_path / "tr.json"), dev_file=str(tmp_path / "tr.json"))
+    )
+    qa = tiny_model("distilbert", tokenizer, qa=True)
+    cfg = fast_config(sparsity=0.5, batch_size=8)
+    for model, data in ((cls, d), (reg, rd), (qa, qd)):
+        batches = batches_of(data, data.train[:24], tokenizer, model, cfg)
+        losses = example_losses(model, batches)
+        assert losses.shape == (24,) and float(losses.min()) >= 0
+        assert float(losses.mean()) == pytest.approx(task_loss(model, batches), rel=1e-5)
 
 
 def test_importance_steps_rescore_the_partly_pruned_model(tokenizer):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..adapters import adapter_for, prunable_names
 from ..stages.allocation import LatencyInfeasible, OptionSpace, choose_masks, predicted_ms
-from ..stages.compensation import compensate, task_loss
+from ..stages.compensation import compensate, example_losses, task_loss
 from ..stages.importance import (
     fisher,
     fisher_and_units,
@@ -95,7 +95,13 @@ class PGB(Method):
         def choose(b: LatencyBudget | None):
             try:
                 return choose_masks(
-                    weight_scores, names, space, cfg.sparsity, measure, b.knapsack() if b else None
+                    weight_scores,
+                    names,
+                    space,
+                    cfg.sparsity,
+                    measure,
+                    b.knapsack() if b else None,
+                    cfg.drop_check_se,
                 )
             except LatencyInfeasible as e:
                 raise b.unreachable(e) from None
@@ -131,17 +137,18 @@ class PGB(Method):
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):
-    """The drop check's measure: held-out task loss of the model pruned to `masks` and compensated on
-    cfg.drop_check_samples calibration examples, without the guards (compensation recovers much of what
-    a kept sublayer loses and little of a dropped one's, so the masked loss alone would favour drops)."""
+    """The drop check's measure: per-example held-out task losses of the model pruned to `masks` and
+    compensated on cfg.drop_check_samples calibration examples, without the guards (compensation recovers
+    much of what a kept sublayer loses and little of a dropped one's, so the masked loss alone would favour
+    drops)."""
     fit = calib.fit[: max(1, cfg.drop_check_samples // cfg.batch_size)]
 
-    def measure(masks: dict[str, torch.Tensor]) -> float:
+    def measure(masks: dict[str, torch.Tensor]) -> torch.Tensor:
         pruned = copy.deepcopy(dense)
         apply_masks(pruned, masks)
         if cfg.compensate:
             compensate(dense, pruned, masks, fit, None, task_loss, target=cfg.compensation_target)
-        return task_loss(pruned, calib.check)
+        return example_losses(pruned, calib.check)
 
     return measure
 

@@ -505,12 +505,14 @@ def choose_masks(
     names: list[list[str]],
     space: OptionSpace,
     sparsity: float | None,
-    measure: Callable[[dict[str, torch.Tensor]], float] | None = None,
+    measure: Callable[[dict[str, torch.Tensor]], torch.Tensor | float] | None = None,
     latency: tuple | None = None,
+    drop_se: float = 0.0,
 ) -> tuple[dict[str, Option], dict[str, torch.Tensor], list[dict]]:
     """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation). With
-    `measure` (masks -> measured loss, lower is better), every sublayer the knapsack drops is checked
-    against the allocation that must keep it (the drop check): it drops only if that measures better.
+    `measure` (masks -> per-example losses on held-out examples, lower is better), every sublayer the
+    knapsack drops is checked against the allocation that must keep it (the drop check): the drop stands
+    only if it measures lower by at least drop_se standard errors of the paired difference (drop_stands).
     latency: (cost table, head dim, ms budget of the sublayers) for a measured-time budget."""
     items = build_items(scores, names, space, sparsity or 0.0)
     ms_budget = None
@@ -533,10 +535,37 @@ def choose_masks(
             continue  # the budget cannot keep it
         alt_masks = masks_of(alt, scores, names)
         alt_loss = measure(alt_masks)
-        checks.append({"sublayer": label, "loss_dropped": loss, "loss_kept": alt_loss})
-        if alt_loss < loss:
+        stands, diff, se = drop_stands(loss, alt_loss, drop_se)
+        checks.append(
+            {
+                "sublayer": label,
+                "loss_dropped": _mean(loss),
+                "loss_kept": _mean(alt_loss),
+                "difference_se": se,
+                "dropped": stands,
+            }
+        )
+        if not stands:
             chosen, masks, loss, keep = alt, alt_masks, alt_loss, keep | set(sub)
     return chosen, masks, checks
+
+
+def drop_stands(dropped, kept, drop_se: float) -> tuple[bool, float, float]:
+    """Does a drop stand? Per-example losses of the allocation that drops a sublayer and of the one that
+    keeps it, on the same held-out examples: it stands if mean(dropped - kept) + drop_se x its standard
+    error <= 0 (drop_se = 0: any measured gain; scalar losses have no standard error). Returns the verdict,
+    the mean difference and its standard error."""
+    d = (
+        torch.as_tensor(dropped, dtype=torch.float64).flatten()
+        - torch.as_tensor(kept, dtype=torch.float64).flatten()
+    )
+    se = float(d.std() / d.numel() ** 0.5) if d.numel() > 1 else 0.0
+    diff = float(d.mean())
+    return diff + drop_se * se <= 0, diff, se
+
+
+def _mean(loss) -> float:
+    return float(torch.as_tensor(loss, dtype=torch.float64).mean())
 
 
 def masks_of(chosen: dict[str, Option], scores: dict[str, torch.Tensor], names: list[list[str]]):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -293,3 +294,27 @@ def task_loss(model: nn.Module, batches: list[dict]) -> float:
     model.eval()
     losses = [float(model(**b).loss) * len(b["input_ids"]) for b in batches]
     return sum(losses) / sum(len(b["input_ids"]) for b in batches)
+
+
+@torch.no_grad()
+def example_losses(model: nn.Module, batches: list[dict]) -> torch.Tensor:
+    """Per-example task loss over labelled batches, as the model's own loss reduces it (its mean is
+    task_loss): cross-entropy (classification), squared error (one output: regression), the mean of the
+    start and end cross-entropies (extractive QA). The drop check pairs two models on these."""
+    model.eval()
+    targets = ("labels", "start_positions", "end_positions")
+    out = []
+    for b in batches:
+        o = model(**{k: v for k, v in b.items() if k not in targets})
+        if "start_positions" in b:
+            n = o.start_logits.shape[1]  # positions outside the sequence are ignored, as HF's QA heads do
+            s, e = (
+                F.cross_entropy(logits.float(), b[k].clamp(0, n), ignore_index=n, reduction="none")
+                for logits, k in ((o.start_logits, "start_positions"), (o.end_logits, "end_positions"))
+            )
+            out.append((s + e) / 2)
+        elif o.logits.shape[-1] == 1:
+            out.append((o.logits.squeeze(-1).float() - b["labels"].float()).square())
+        else:
+            out.append(F.cross_entropy(o.logits.float(), b["labels"], reduction="none"))
+    return torch.cat(out).double()
