@@ -5,6 +5,7 @@ optional plot:
     python benchmarks/render_compare.py runs/compare11-oneshot/results.json > benchmarks/results/compare-minilm-rt.md
     python benchmarks/render_compare.py runs/cmp-amazon-base/results.json runs/cmp-amazon-pgb/results.json \
         --json benchmarks/results/compare-amazon.json --png benchmarks/results/compare-amazon.png
+    python benchmarks/render_compare.py old/results.json pgb-rerun/results.json --replace --json merged.json
 """
 
 import argparse
@@ -13,15 +14,26 @@ import json
 from pgbert.comparison import budget_of, markdown, paired, plot, summarise
 
 
-def merge(paths: list[str]) -> dict:
+def merge(paths: list[str], replace: bool = False) -> dict:
+    """One result from several compares of the same fine-tune. The same method, budget and seed in two
+    files is an error, or with replace=True the later file's row wins (a method re-run after a change,
+    paired against the earlier baselines: the calibration draw depends only on the seed); the replaced
+    rows are listed under "replaced"."""
     runs = [json.load(open(p)) for p in paths]
     for r in runs[1:]:
         if (r["task"], r["dense"]) != (runs[0]["task"], runs[0]["dense"]):
             raise SystemExit(f"results differ in task or dense score: {paths}")
-    rows = [row for r in runs for row in r["rows"]]
-    keys = [(row["method"], budget_of(row), row["seed"]) for row in rows]
-    if len(set(keys)) != len(keys):
-        raise SystemExit("the same method, budget and seed appear in more than one file")
+    by_key: dict = {}
+    replaced = []
+    for path, r in zip(paths, runs):
+        for row in r["rows"]:
+            key = (row["method"], budget_of(row), row["seed"])
+            if key in by_key:
+                if not replace:
+                    raise SystemExit("the same method, budget and seed appear in more than one file")
+                replaced.append({"method": key[0], "budget": key[1], "seed": key[2], "by": path})
+            by_key[key] = row
+    rows = list(by_key.values())
     return {
         "model": runs[0]["model"],
         "task": runs[0]["task"],
@@ -29,6 +41,7 @@ def merge(paths: list[str]) -> dict:
         "configs": [r["config"] for r in runs],
         "sources": paths,
         "rows": rows,
+        "replaced": replaced,
         "seconds": sum(r["seconds"] for r in runs),
     }
 
@@ -38,8 +51,13 @@ if __name__ == "__main__":
     p.add_argument("results", nargs="+")
     p.add_argument("--json", help="write the merged rows with their summary and paired tables")
     p.add_argument("--png", help="write the plot of accuracy against measured speedup")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="a later file's row replaces an earlier one's (same method, budget, seed)",
+    )
     a = p.parse_args()
-    res = merge(a.results)
+    res = merge(a.results, a.replace)
     rows = res["rows"]
     metric = rows[0]["metric"] if rows else "accuracy"
     summary, pairs = summarise(rows), paired(rows)

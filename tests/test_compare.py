@@ -230,3 +230,28 @@ def test_calibration_size_table_pairs_seeds_run_at_every_size():
     assert "2,048 minus 512, paired: +2.5 points (+3.0, +2.0)" in text  # no p-value from 2 seeds
     text = calibration_size.table([*rows, row(2048, 2, 0.9)])
     assert "2,048 minus 512, paired: +1.7 points (+3.0, +2.0, +0.0; p 0.20)" in text  # t = 1.89, 2 dof
+
+
+def test_render_compare_replaces_rows_only_when_asked(tmp_path):
+    """benchmarks/render_compare.py: a method re-run (same budget and seed) replaces the earlier row with
+    --replace, and is an error without it; the other rows are kept and the replaced ones listed."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import render_compare
+
+    def result(rows):
+        return {"model": "m", "task": "t", "dense": 0.9, "config": {}, "seconds": 1.0, "rows": rows}
+
+    old = [{"method": m, "sparsity": 0.88, "seed": 0, "oneshot": a} for m, a in (("pgb", 0.7), ("kwon", 0.6))]
+    new = [{"method": "pgb", "sparsity": 0.88, "seed": 0, "oneshot": 0.8}]
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(result(old)))
+    b.write_text(json.dumps(result(new)))
+    with pytest.raises(SystemExit, match="more than one file"):
+        render_compare.merge([str(a), str(b)])
+    merged = render_compare.merge([str(a), str(b)], replace=True)
+    assert sorted((r["method"], r["oneshot"]) for r in merged["rows"]) == [("kwon", 0.6), ("pgb", 0.8)]
+    assert merged["replaced"] == [{"method": "pgb", "budget": ("sparsity", 0.88), "seed": 0, "by": str(b)}]
