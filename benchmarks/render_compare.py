@@ -31,7 +31,9 @@ def merge(paths: list[str], replace: bool = False) -> dict:
             if key in by_key:
                 if not replace:
                     raise SystemExit("the same method, budget and seed appear in more than one file")
-                replaced.append({"method": key[0], "budget": key[1], "seed": key[2], "by": path})
+                replaced.append(
+                    {"method": key[0], "budget": key[1], "seed": key[2], "by": path, "row": by_key[key]}
+                )
             by_key[key] = row
     rows = list(by_key.values())
     return {
@@ -44,6 +46,24 @@ def merge(paths: list[str], replace: bool = False) -> dict:
         "replaced": replaced,
         "seconds": sum(r["seconds"] for r in runs),
     }
+
+
+def rerun_table(res: dict) -> str:
+    """Each re-run method minus the rows it replaced, paired by seed (points): what the change bought."""
+    old = [{**r["row"], "method": r["method"] + " (replaced)"} for r in res["replaced"]]
+    lines = [
+        "| method | budget | seeds | re-run minus replaced, one shot | re-finetuned |",
+        "|---|---|---|---|---|",
+    ]
+    for m in sorted({r["method"] for r in res["replaced"]}):
+        for p in paired(res["rows"] + old, ref=m, against=(m + " (replaced)",)):
+            cells = [
+                f"{100 * p[k]:+.1f} ({p[k + '_wins']}-{p['seeds'] - p[k + '_wins'] - p[k + '_losses']}-"
+                f"{p[k + '_losses']}" + (f", p {p[k + '_p']:.2f})" if p[k + "_p"] is not None else ")")
+                for k in ("oneshot", "finetuned")
+            ]
+            lines.append(f"| {m} | {p['budget']} {p['target']:g} | {p['seeds']} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
@@ -68,3 +88,5 @@ if __name__ == "__main__":
         plot(summary, a.png, metric)
     refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in res["configs"])
     print(markdown(summary, res["dense"], metric, pairs, refinetuned), end="")
+    if res["replaced"]:
+        print("\n" + rerun_table(res), end="")

@@ -245,8 +245,11 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
     def result(rows):
         return {"model": "m", "task": "t", "dense": 0.9, "config": {}, "seconds": 1.0, "rows": rows}
 
-    old = [{"method": m, "sparsity": 0.88, "seed": 0, "oneshot": a} for m, a in (("pgb", 0.7), ("kwon", 0.6))]
-    new = [{"method": "pgb", "sparsity": 0.88, "seed": 0, "oneshot": 0.8}]
+    old = [
+        {"method": m, "sparsity": 0.88, "seed": 0, "oneshot": a, "finetuned": a}
+        for m, a in (("pgb", 0.7), ("kwon", 0.6))
+    ]
+    new = [{"method": "pgb", "sparsity": 0.88, "seed": 0, "oneshot": 0.8, "finetuned": 0.65}]
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(result(old)))
     b.write_text(json.dumps(result(new)))
@@ -254,4 +257,12 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
         render_compare.merge([str(a), str(b)])
     merged = render_compare.merge([str(a), str(b)], replace=True)
     assert sorted((r["method"], r["oneshot"]) for r in merged["rows"]) == [("kwon", 0.6), ("pgb", 0.8)]
-    assert merged["replaced"] == [{"method": "pgb", "budget": ("sparsity", 0.88), "seed": 0, "by": str(b)}]
+    (rep,) = merged["replaced"]
+    assert (rep["method"], rep["budget"], rep["seed"], rep["by"], rep["row"]) == (
+        "pgb",
+        ("sparsity", 0.88),
+        0,
+        str(b),
+        old[0],
+    )
+    assert "| pgb | sparsity 0.88 | 1 | +10.0 (1-0-0) | -5.0 (0-0-1) |" in render_compare.rerun_table(merged)
