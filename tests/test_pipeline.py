@@ -246,6 +246,34 @@ def test_a_drop_stands_only_when_its_gain_exceeds_its_standard_error():
     assert not kept_ffn(masks) and checks[0]["dropped"] is True
 
 
+def test_drop_check_also_checks_what_the_kept_allocation_drops(monkeypatch):
+    """Keeping layer 1's FFN makes the knapsack drop layer 0's attention instead: that new drop is checked
+    too (and kept, as the measure prefers), so the result drops nothing unchecked."""
+    from pgbert.stages import allocation
+    from pgbert.stages.allocation import Option
+
+    names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
+    scores = {n: torch.ones(4, 4) for layer in names for n in layer}
+    full = (torch.arange(4), torch.arange(4))
+    dense = Option("dense", 16, 1.0, 1.0, 1, 1, lambda: [full], (4, 4))
+    empty = Option("empty", 0, 0.0, 0.0, 1, 0, lambda: [], (0, 0))
+    att0, ffn1 = set(names[0][:4]), set(names[1][4:])
+
+    def fake_choose(scores, names, space, sparsity, keep=frozenset(), items=None, ms_budget=None):
+        drop = att0 if ffn1 <= keep and not att0 <= keep else set() if ffn1 <= keep else ffn1
+        return {n: empty if n in drop else dense for layer in names for n in layer}
+
+    monkeypatch.setattr(allocation, "build_items", lambda *a: [])
+    monkeypatch.setattr(allocation, "choose_options", fake_choose)
+
+    def loss(m):  # losing layer 1's FFN costs 2, layer 0's attention 1
+        return 2.0 * (float(m["l1.ffn_in"].sum()) == 0) + (float(m["l0.q"].sum()) == 0)
+
+    _, masks, checks = choose_masks(scores, names, OptionSpace(), 0.5, loss, drop_se=0.0)
+    assert [c["sublayer"] for c in checks] == ["layer1.ffn", "layer0.attention"]
+    assert all(float(m.sum()) == 16 for m in masks.values())
+
+
 def test_example_losses_average_to_the_models_own_loss(tokenizer, tmp_path):
     """Classification, regression and extractive QA: the per-example losses' mean is the mean of the model's
     own (batch-mean) loss, the measure the compensation guard uses."""

@@ -522,13 +522,15 @@ def choose_masks(
     chosen = choose_options(scores, names, space, sparsity, items=items, ms_budget=ms_budget)
     masks = masks_of(chosen, scores, names)
     checks: list[dict] = []
-    drops = dropped_sublayers(chosen, names)
-    if measure is None or not drops:
+    if measure is None or not dropped_sublayers(chosen, names):
         return chosen, masks, checks
-    loss, keep = measure(masks), frozenset()
-    for label, sub in drops:
-        if not all(chosen[n].kind == "empty" for n in sub):
-            continue  # an earlier check already kept it
+    loss, keep, checked = measure(masks), frozenset(), set()
+    while True:  # an allocation that keeps one sublayer may drop another: that drop is checked too
+        pending = [(label, sub) for label, sub in dropped_sublayers(chosen, names) if label not in checked]
+        if not pending:
+            break
+        label, sub = pending[0]
+        checked.add(label)
         try:
             alt = choose_options(scores, names, space, sparsity, keep | set(sub), items, ms_budget)
         except PgbertError:
