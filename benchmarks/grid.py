@@ -24,7 +24,8 @@ def cells(paths: list[str]) -> dict[tuple[float, str], list[tuple[str, float]]]:
     out: dict[tuple[float, str], list[tuple[str, float]]] = {}
     for path in paths:
         res = json.load(open(path))
-        refinetuned = res["config"].get("finetune_epochs", 1) > 0
+        configs = res.get("configs") or [res["config"]]  # render_compare.py's merged files list each run's
+        refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in configs)
         for p in paired(res["rows"]):
             if p["budget"] != "sparsity":
                 continue

@@ -199,7 +199,9 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     ]
     tuned, oneshot = tmp_path / "a.json", tmp_path / "b.json"
     tuned.write_text(json.dumps({"config": {"finetune_epochs": 0.25}, "rows": rows}))
-    oneshot.write_text(json.dumps({"config": {"finetune_epochs": 0.0}, "rows": rows}))
+    oneshot.write_text(
+        json.dumps({"configs": [{"finetune_epochs": 0.25}, {"finetune_epochs": 0.0}], "rows": rows})
+    )
     table = grid.grid({"t": [str(tuned)], "u": [str(oneshot)]}, [0.5, 0.88])
     assert "| t | **no** (K -0.5, S +10.0) | yes (K +2.5, S +13.0) | not run | not run |" in table
     assert "| u | **no** (K -0.5, S +10.0) | not run | not run | not run |" in table
