@@ -188,16 +188,21 @@ def test_fixed_groups_ablation_keeps_k_of_g_blocks():
         choose_masks(scores, names, OptionSpace(fixed_groups=5), 0.5)
 
 
-def test_drop_check_keeps_a_sublayer_only_when_measured_better():
-    """The knapsack drops layer 1's FFN (its scores are tiny); the drop check re-solves with that FFN kept
-    and takes whichever allocation the measure prefers, recording both losses."""
+def tiny_ffn_drop():
+    """Scores for two layers whose layer-1 FFN scores are tiny, so the knapsack at 0.5 drops that FFN."""
     torch.manual_seed(0)
     shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
     names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
     scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
     for n in names[1][4:]:
         scores[n] *= 1e-4
-    space = OptionSpace(head_values=[torch.rand(4) * 100 for _ in names])
+    return scores, names, OptionSpace(head_values=[torch.rand(4) * 100 for _ in names])
+
+
+def test_drop_check_keeps_a_sublayer_only_when_measured_better():
+    """The knapsack drops layer 1's FFN (its scores are tiny); the drop check re-solves with that FFN kept
+    and takes whichever allocation the measure prefers, recording both losses."""
+    scores, names, space = tiny_ffn_drop()
     chosen, plain, checks = choose_masks(scores, names, space, 0.5)
     assert checks == [] and float(plain["l1.ffn_in"].sum()) == 0  # no measure: the knapsack's drop
     kept_ffn = lambda m: float(m["l1.ffn_in"].sum() + m["l1.ffn_out"].sum()) > 0  # noqa: E731
@@ -230,13 +235,7 @@ def test_a_drop_stands_only_when_its_gain_exceeds_its_standard_error():
     assert drop_stands(kept - 0.1, kept, 100.0)[0] is True
     assert drop_stands(2.0, 1.0, 0.0) == (False, 1.0, 0.0)  # scalar losses: no standard error
 
-    torch.manual_seed(0)
-    shapes = dict(zip(MATRICES, [(32, 32)] * 4 + [(64, 32), (32, 64)]))
-    names = [[f"l{i}.{k}" for k in MATRICES] for i in range(2)]
-    scores = {n: torch.rand(shapes[n.split(".")[1]]) for layer in names for n in layer}
-    for n in names[1][4:]:
-        scores[n] *= 1e-4
-    space = OptionSpace(head_values=[torch.rand(4) * 100 for _ in names])
+    scores, names, space = tiny_ffn_drop()
     kept_ffn = lambda m: float(m["l1.ffn_in"].sum()) > 0  # noqa: E731
     noisy_gain = lambda m: kept if kept_ffn(m) else dropped  # noqa: E731
     _, masks, checks = choose_masks(scores, names, space, 0.5, noisy_gain, drop_se=2.0)
