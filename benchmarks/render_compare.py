@@ -11,7 +11,7 @@ optional plot:
 import argparse
 import json
 
-from pgbert.comparison import budget_of, markdown, paired, plot, summarise
+from pgbert.comparison import budget_of, markdown, paired, plot, record, summarise
 
 
 def merge(paths: list[str], replace: bool = False) -> dict:
@@ -57,11 +57,7 @@ def rerun_table(res: dict) -> str:
     ]
     for m in sorted({r["method"] for r in res["replaced"]}):
         for p in paired(res["rows"] + old, ref=m, against=(m + " (replaced)",)):
-            cells = [
-                f"{100 * p[k]:+.1f} ({p[k + '_wins']}-{p['seeds'] - p[k + '_wins'] - p[k + '_losses']}-"
-                f"{p[k + '_losses']}" + (f", p {p[k + '_p']:.2f})" if p[k + "_p"] is not None else ")")
-                for k in ("oneshot", "finetuned")
-            ]
+            cells = [f"{100 * p[k]:+.1f} ({record(p, k)})" for k in ("oneshot", "finetuned")]
             lines.append(f"| {m} | {p['budget']} {p['target']:g} | {p['seeds']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 

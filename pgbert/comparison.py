@@ -256,6 +256,13 @@ def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCT
     return out
 
 
+def record(pair: dict, half: str) -> str:
+    """A paired row's wins-ties-losses for "oneshot" or "finetuned", with its t-test p where there is one."""
+    ties = pair["seeds"] - pair[half + "_wins"] - pair[half + "_losses"]
+    p = f", p {pair[half + '_p']:.2f}" if pair[half + "_p"] is not None else ""
+    return f"{pair[half + '_wins']}-{ties}-{pair[half + '_losses']}{p}"
+
+
 def markdown(
     summary: list[dict], dense: float, metric: str, pairs: list[dict] | None = None, refinetuned: bool = True
 ) -> str:
@@ -286,11 +293,7 @@ def markdown(
         for r in pairs:
             cells = []
             for k in ("oneshot", "finetuned"):
-                ties = r["seeds"] - r[k + "_wins"] - r[k + "_losses"]
-                p = f", p {r[k + '_p']:.2f}" if r[k + "_p"] is not None else ""
-                cells.append(
-                    f"{r[k]:+.4f} ± {r[k + '_std']:.4f} ({r[k + '_wins']}-{ties}-{r[k + '_losses']}{p})"
-                )
+                cells.append(f"{r[k]:+.4f} ± {r[k + '_std']:.4f} ({record(r, k)})")
             lines.append(
                 f"| {r['baseline']} | {budget_label(r)} | {cells[0]} | {_cell(cells[1], refinetuned)} |"
             )
