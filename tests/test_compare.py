@@ -268,3 +268,42 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
         old[0],
     )
     assert "| pgb | sparsity 0.88 | 1 | +10.0 (1-0-0) | -5.0 (0-0-1) |" in render_compare.rerun_table(merged)
+
+
+def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
+    """benchmarks/render_ablation.py: per-seed values, means and (variant - full) paired by seed, exact."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import render_ablation
+
+    def row(variant, seed, oneshot, finetuned):
+        return {
+            "variant": variant,
+            "seed": seed,
+            "sparsity": 0.88,
+            "budget": "s=0.88",
+            "masked": 0.5,
+            "oneshot": oneshot,
+            "finetuned": finetuned,
+            "dropped": ["layer4.ffn"] * seed,
+        }
+
+    rows = [
+        row("full", 0, 0.70, 0.80),
+        row("full", 1, 0.72, 0.82),
+        row("kd", 0, 0.70, 0.83),
+        row("kd", 1, 0.72, 0.81),
+    ]
+    text = render_ablation.table({"dense": 0.9, "rows": rows})
+    # kd minus full: one shot 0 and 0 (tied masks), re-finetuned +3 and -1 points: mean +1.0, 1-0-1
+    assert (
+        "| kd | 0.700 / 0.720 | 0.710 | +0.0 (0-2-0) | 0.830 / 0.810 | 0.820 | +1.0 (1-0-1) | 0.500 | 0 / 1 |"
+        in text
+    )
+    one_shot = render_ablation.table({"dense": 0.9, "rows": [dict(r, finetuned=None) for r in rows]})
+    assert (
+        "re-finetuned" not in one_shot
+        and "| kd | 0.700 / 0.720 | 0.710 | +0.0 (0-2-0) | 0.500 | 0 / 1 |" in one_shot
+    )
