@@ -12,6 +12,8 @@ the dev length for the MAC search; both from PGB's own selection at the same see
 Each row gives accuracy with masks only and after the step's rescaling / tuning.
 
     python benchmarks/kwon_port.py runs/minilm-rt --sparsity 0.5 0.75 0.88 --json out.json
+    python benchmarks/kwon_port.py runs/minilm-amazon --task classification --train-file train.tsv \
+        --dev-file dev.tsv --sparsity 0.88 --variants +tuning dense-teacher --seed 1
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from pgbert.methods.structured import unit_masks_to_weight_masks  # noqa: E402
 from pgbert.pipeline import calibrate  # noqa: E402
 from pgbert.stages.importance import fisher_and_units  # noqa: E402
 from pgbert.stages.structure import flops_ratio  # noqa: E402
-from pgbert.tasks import load_task  # noqa: E402
+from pgbert.tasks import DataOptions, load_task  # noqa: E402
 from pgbert.training import apply_masks, evaluate  # noqa: E402
 
 
@@ -45,27 +47,43 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model", nargs="?", default="runs/minilm-rt")
     p.add_argument("--task", default="rt-sentiment")
+    p.add_argument("--train-file", help="with --dev-file: TSV files with columns sentence, label")
+    p.add_argument("--dev-file")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", default=["old", "+draw", "+mac", "+tuning", "dense-teacher"])
+    p.add_argument(
+        "--mac-budget",
+        action="store_true",
+        help="MACs <= 1 - sparsity, as `pgbert compare` budgets Kwon et al. (default: PGB's FLOPs ratio; "
+        "only the MAC-search variants)",
+    )
     p.add_argument("--json")
     a = p.parse_args()
-    data = load_task(a.task)
+    if a.mac_budget and {"old", "+draw"} & set(a.variants):
+        p.error("--mac-budget has no weight budget for the old / +draw variants")
+    files = DataOptions(
+        train_file=a.train_file, dev_file=a.dev_file, text_column="sentence", label_column="label"
+    )
+    data = load_task(a.task, files if a.train_file else None)
+    metric = data.spec.main_metric
     tok = models.load_tokenizer(a.model)
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
     ad = adapter_for(dense.config)
     heads, hidden = ad.num_heads(dense.config), ad.hidden_size(dense.config)
     names = prunable_names(dense)
-    acc = lambda m: evaluate(m, tok, data)["accuracy"]  # noqa: E731
-    print(f"dense accuracy {acc(dense):.4f}", flush=True)
+    acc = lambda m: evaluate(m, tok, data)[metric]  # noqa: E731
+    print(f"dense {metric} {acc(dense):.4f}", flush=True)
 
     base = PruneConfig(sparsity=a.sparsity[0], seed=a.seed, quiet=True)
     pgb = get_method("pgb")
-    cal_pgb = calibrate(data, tok, dense, base, pgb.sampling)
-    pgb_scores = pgb.importance(dense, cal_pgb, base)
-    cal_old = calibrate(data, tok, dense, replace(base, calib_samples=512), "shuffle")
+    if not a.mac_budget:
+        cal_pgb = calibrate(data, tok, dense, base, pgb.sampling)
+        pgb_scores = pgb.importance(dense, cal_pgb, base)
     cal_new = calibrate(data, tok, dense, base, "with-replacement")
-    units_old = fisher_and_units(dense, cal_old.batches, names, heads)[1]
+    if "old" in a.variants:
+        cal_old = calibrate(data, tok, dense, replace(base, calib_samples=512), "shuffle")
+        units_old = fisher_and_units(dense, cal_old.batches, names, heads)[1]
     units_new = fisher_and_units(dense, cal_new.batches, names, heads)[1]
     L = cal_new.dev_seq_len
     rows = []
@@ -108,11 +126,20 @@ def main() -> None:
         ]
 
     for s in a.sparsity:
-        sel = pgb.select(dense, pgb_scores, cal_pgb, replace(base, sparsity=s))
-        weights, target = sum(float(m.sum()) for m in sel.masks.values()), fr_of(sel.masks)
-        print(f"s={s:.2f} PGB keeps {weights:.0f} weights, FLOPs ratio {target:.3f} at L={L:.1f}", flush=True)
-        record(s, "old", old_keep(units_old, weights), legacy_kwon.rescale, cal_old.fit)
-        record(s, "+draw", old_keep(units_new, weights), legacy_kwon.rescale, cal_new.batches)
+        if a.mac_budget:
+            target = 1 - s
+            print(f"s={s:.2f} MAC constraint {target:.3f} at L={L:.1f}", flush=True)
+        else:
+            sel = pgb.select(dense, pgb_scores, cal_pgb, replace(base, sparsity=s))
+            weights, target = sum(float(m.sum()) for m in sel.masks.values()), fr_of(sel.masks)
+            print(
+                f"s={s:.2f} PGB keeps {weights:.0f} weights, FLOPs ratio {target:.3f} at L={L:.1f}",
+                flush=True,
+            )
+        if "old" in a.variants:
+            record(s, "old", old_keep(units_old, weights), legacy_kwon.rescale, cal_old.fit)
+        if "+draw" in a.variants:
+            record(s, "+draw", old_keep(units_new, weights), legacy_kwon.rescale, cal_new.batches)
         cfg = PruneConfig(flops_ratio=target, method="kwon", seed=a.seed, quiet=True)
         ksel = get_method("kwon").select(dense, units_new, cal_new, cfg)
         keep, teacher = ksel.info["keep"], ksel.info["teacher_keep"]
