@@ -59,7 +59,10 @@ def main() -> None:
         "only the MAC-search variants)",
     )
     p.add_argument("--json")
+    p.add_argument("--summarize", nargs="+", metavar="JSON", help="print earlier --json outputs' seed means")
     a = p.parse_args()
+    if a.summarize:
+        return summarize(a.summarize)
     if a.mac_budget and {"old", "+draw"} & set(a.variants):
         p.error("--mac-budget has no weight budget for the old / +draw variants")
     files = DataOptions(
@@ -150,6 +153,25 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"seed": a.seed, "dev_seq_len": L, "rows": rows}, f, indent=2)
+
+
+def summarize(paths: list[str]) -> None:
+    """Per budget and variant: masks-only and tuned metric by seed, their means, and tuned minus masks."""
+    rows = []
+    for path in paths:
+        with open(path) as f:
+            d = json.load(f)
+        rows += [dict(r, seed=d["seed"]) for r in d["rows"]]
+    for s in sorted({r["sparsity"] for r in rows}):
+        for v in dict.fromkeys(r["variant"] for r in rows if r["sparsity"] == s):
+            rs = sorted((r for r in rows if (r["sparsity"], r["variant"]) == (s, v)), key=lambda r: r["seed"])
+            by_seed = " / ".join(f"{r['masked']:.3f} -> {r['tuned']:.3f}" for r in rs)
+            masked, tuned = (sum(r[k] for r in rs) / len(rs) for k in ("masked", "tuned"))
+            stops = sum(r["stopped_at"] is not None for r in rs)
+            print(
+                f"s={s:.2f} {v:14s} seeds {' '.join(str(r['seed']) for r in rs)}: {by_seed}; mean {masked:.3f} -> "
+                f"{tuned:.3f} ({100 * (tuned - masked):+.1f} points; tuning stopped early in {stops})"
+            )
 
 
 if __name__ == "__main__":
