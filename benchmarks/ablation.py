@@ -17,6 +17,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
+  compensate-2048 compensation fits on 2,048 calibration examples (PGB's default: 512)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.88 --variants full no-drop-check kd \
@@ -37,7 +38,7 @@ from dataclasses import replace
 from pgbert import models
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
-from pgbert.pipeline import calibrate, prune_model
+from pgbert.pipeline import calibrate, fit_batches, prune_model
 from pgbert.tasks import DataOptions, load_task
 from pgbert.training import evaluate
 
@@ -60,6 +61,7 @@ VARIANTS = {
     "ffn-eighths": {"ffn_steps": 8},
     "full-width": {"free_widths": False},
     "kd": {"kd": True},
+    "compensate-2048": {"compensation_samples": 2048},
 }
 
 
@@ -143,15 +145,16 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
                 cfg = replace(cfg, fixed_groups=round(1 / (1 - b["sparsity"])))
+            cal = replace(calib, fit=fit_batches(calib.batches, cfg))  # compensate-2048 fits on more
             key = (cfg.importance, cfg.unit_fisher)
             if key not in cache:
                 t = time.perf_counter()
-                cache[key] = (get_method(cfg.method).importance(dense, calib, cfg), time.perf_counter() - t)
+                cache[key] = (get_method(cfg.method).importance(dense, cal, cfg), time.perf_counter() - t)
                 print(
                     f"seed {seed}: importance {key} on {len(calib.examples)} examples: {cache[key][1]:.0f}s"
                 )
             t = time.perf_counter()
-            _, _, rep = prune_model(dense, tok, data, cfg, calib, cache[key], dense_metrics)
+            _, _, rep = prune_model(dense, tok, data, cfg, cal, cache[key], dense_metrics)
             m = rep["metrics"]
             row = {
                 "seed": seed,

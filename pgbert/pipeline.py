@@ -51,12 +51,17 @@ def calibrate(data: TaskData, tokenizer, model: nn.Module, cfg: PruneConfig, sam
     return Calibration(
         examples=calib,
         batches=batches,
-        fit=batches[: max(1, cfg.compensation_samples // cfg.batch_size)],
+        fit=fit_batches(batches, cfg),
         check=batches_of(data, check, tokenizer, model, cfg),
         check_examples=len(check),
         task_kind=data.spec.kind,
         dev_seq_len=dev_seq_len(data, tokenizer, cfg.max_seq_length),
     )
+
+
+def fit_batches(batches: list[dict], cfg: PruneConfig) -> list[dict]:
+    """The calibration batches compensation fits on: the first cfg.compensation_samples examples."""
+    return batches[: max(1, cfg.compensation_samples // cfg.batch_size)]
 
 
 def batches_of(
