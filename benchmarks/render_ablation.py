@@ -3,6 +3,9 @@ run, re-finetuned), its mean, and its difference from the reference variant pair
 paired t-test p), as `pgbert compare` pairs methods.
 
     python benchmarks/render_ablation.py runs/abl-rt-088-ft.json [--reference full] [--output table.md]
+    python benchmarks/render_ablation.py A.json B.json   # variants run apart (same model, task, seeds)
+
+Re-finetuned columns appear only when every row was re-finetuned.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def as_compare_rows(rows: list[dict]) -> list[dict]:
 
 def table(data: dict, reference: str = "full", metric: str = "accuracy") -> str:
     rows = as_compare_rows(data["rows"])
-    tuned = any(r["finetuned"] is not None for r in data["rows"])
+    tuned = all(r["finetuned"] is not None for r in data["rows"])
     head = f"| variant | one-shot {metric} (by seed) | mean | minus {reference} |"
     rule = "|---|---|---|---|"
     if tuned:
@@ -68,13 +71,20 @@ def table(data: dict, reference: str = "full", metric: str = "accuracy") -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("results", help="benchmarks/ablation.py --json output")
+    p.add_argument("results", nargs="+", help="benchmarks/ablation.py --json outputs (rows are merged)")
     p.add_argument("--reference", default="full", help="the variant every other is paired against")
     p.add_argument("--metric", default="accuracy", help="the metric's name in the table's header")
     p.add_argument("--output", help="also write the table here")
     a = p.parse_args()
-    with open(a.results) as f:
-        text = table(json.load(f), a.reference, a.metric)
+    runs = []
+    for path in a.results:
+        with open(path) as f:
+            runs.append(json.load(f))
+    if len({r["dense"] for r in runs}) > 1:
+        raise SystemExit("these files were measured on different dense models; render them apart")
+    text = table(
+        {"dense": runs[0]["dense"], "rows": [r for run in runs for r in run["rows"]]}, a.reference, a.metric
+    )
     print(text, end="")
     if a.output:
         with open(a.output, "w") as f:
