@@ -5,6 +5,8 @@ paired t-test p), as `pgbert compare` pairs methods.
     python benchmarks/render_ablation.py runs/abl-rt-088-ft.json [--reference full] [--output table.md]
     python benchmarks/render_ablation.py A.json B.json   # variants run apart (same model, task, seeds)
 
+    python benchmarks/render_ablation.py B.json --compare C.json   # `full` = a compare's PGB rows (same seeds)
+
 Re-finetuned columns appear only when every row was re-finetuned.
 """
 
@@ -33,6 +35,20 @@ def as_compare_rows(rows: list[dict]) -> list[dict]:
         }
         for r in rows
     ]
+
+
+def full_row(r: dict) -> dict:
+    """A compare's PGB row as an ablation row of the variant `full` (PGB as shipped when it ran)."""
+    return {
+        "variant": "full",
+        "seed": r["seed"],
+        "sparsity": r["sparsity"],
+        "budget": f"s={r['sparsity']:.2f}",
+        "masked": r["masked"],
+        "oneshot": r["oneshot"],
+        "finetuned": r["finetuned"],
+        "dropped": r["dropped_sublayers"],
+    }
 
 
 def table(data: dict, reference: str = "full", metric: str = "accuracy") -> str:
@@ -74,12 +90,22 @@ def main() -> None:
     p.add_argument("results", nargs="+", help="benchmarks/ablation.py --json outputs (rows are merged)")
     p.add_argument("--reference", default="full", help="the variant every other is paired against")
     p.add_argument("--metric", default="accuracy", help="the metric's name in the table's header")
+    p.add_argument(
+        "--compare",
+        help="a `pgbert compare` results JSON whose PGB rows (same model, task and seeds) stand in as `full`",
+    )
     p.add_argument("--output", help="also write the table here")
     a = p.parse_args()
     runs = []
     for path in a.results:
         with open(path) as f:
             runs.append(json.load(f))
+    if a.compare:
+        with open(a.compare) as f:
+            c = json.load(f)
+        budgets = {r["sparsity"] for run in runs for r in run["rows"]}
+        pgb = [full_row(r) for r in c["rows"] if r["method"] == "pgb" and r.get("sparsity") in budgets]
+        runs.append({"dense": c["dense"], "rows": pgb})
     if len({r["dense"] for r in runs}) > 1:
         raise SystemExit("these files were measured on different dense models; render them apart")
     text = table(

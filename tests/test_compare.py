@@ -310,3 +310,50 @@ def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
         "re-finetuned" not in one_shot
         and "| kd | 0.700 / 0.720 | 0.710 | +0.0 (0-2-0) | 0.500 | 0 / 1 |" in one_shot
     )
+
+
+def test_render_ablation_pairs_a_variant_with_a_compares_pgb_rows(tmp_path, monkeypatch, capsys):
+    """--compare: a compare's PGB rows at the ablation's budgets stand in as `full`; other budgets are left out."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import render_ablation
+
+    pgb = [
+        {
+            "method": m,
+            "seed": k,
+            "sparsity": s,
+            "masked": 0.5,
+            "oneshot": 0.70 + k / 100,
+            "finetuned": 0.8,
+            "dropped_sublayers": [],
+        }
+        for m in ("pgb", "kwon")
+        for k in (0, 1)
+        for s in (0.5, 0.88)
+    ]
+    abl = [
+        {
+            "variant": "compensate-2048",
+            "seed": k,
+            "sparsity": 0.88,
+            "budget": "s=0.88",
+            "masked": 0.5,
+            "oneshot": o,
+            "finetuned": None,
+            "dropped": [],
+        }
+        for k, o in ((0, 0.72), (1, 0.70))
+    ]
+    (tmp_path / "c.json").write_text(json.dumps({"dense": 0.9, "rows": pgb}))
+    (tmp_path / "a.json").write_text(json.dumps({"dense": 0.9, "rows": abl}))
+    argv = ["render_ablation.py", str(tmp_path / "a.json"), "--compare", str(tmp_path / "c.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    render_ablation.main()
+    out = capsys.readouterr().out
+    # +2 and -1 points against the PGB rows 0.70 / 0.71
+    assert "| compensate-2048 | 0.720 / 0.700 | 0.710 | +0.5 (1-0-1) | 0.500 | 0 / 0 |" in out
+    assert "| full | 0.700 / 0.710 | 0.705 |" in out and "sparsity 0.5:" not in out
