@@ -107,7 +107,7 @@ def main() -> None:
         pgb = [full_row(r) for r in c["rows"] if r["method"] == "pgb" and r.get("sparsity") in budgets]
         runs.append({"dense": c["dense"], "rows": pgb})
     if len({r["dense"] for r in runs}) > 1:
-        raise SystemExit("these files were measured on different dense models; render them apart")
+        p.error("these files were measured on different dense models; render them apart")
     text = table(
         {"dense": runs[0]["dense"], "rows": [r for run in runs for r in run["rows"]]}, a.reference, a.metric
     )
