@@ -4,7 +4,6 @@ paired t-test p), as `pgbert compare` pairs methods.
 
     python benchmarks/render_ablation.py runs/abl-rt-088-ft.json [--reference full] [--output table.md]
     python benchmarks/render_ablation.py A.json B.json   # variants run apart (same model, task, seeds)
-
     python benchmarks/render_ablation.py B.json --compare C.json   # `full` = a compare's PGB rows (same seeds)
 
 Re-finetuned columns appear only when every row was re-finetuned.
