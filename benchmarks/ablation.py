@@ -17,7 +17,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
-  compensate-2048 compensation fits on 2,048 calibration examples (PGB's default: 512)
+  compensate-512  compensation fits on the first 512 calibration examples (PGB's default: all of them)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.88 --variants full no-drop-check kd \
@@ -35,11 +35,11 @@ import statistics
 import time
 from dataclasses import replace
 
-from pgbert import models
+import task_model
+
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, fit_batches, prune_model
-from pgbert.tasks import DataOptions, load_task
 from pgbert.training import evaluate
 
 VARIANTS = {
@@ -61,16 +61,13 @@ VARIANTS = {
     "ffn-eighths": {"ffn_steps": 8},
     "full-width": {"free_widths": False},
     "kd": {"kd": True},
-    "compensate-2048": {"compensation_samples": 2048},
+    "compensate-512": {"compensation_samples": 512},
 }
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("model", nargs="?", default="runs/minilm-rt")
-    p.add_argument("--task", default="rt-sentiment")
-    p.add_argument("--train-file", help="with --dev-file: TSV files with columns sentence, label")
-    p.add_argument("--dev-file")
+    task_model.add_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
     p.add_argument("--speedup", type=float, nargs="+", help="measured-speed budgets instead of sparsities")
     p.add_argument("--threads", type=int, default=0, help="with --speedup: CPU threads (0: all)")
@@ -82,13 +79,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="calibration subsets (seeds)")
     p.add_argument("--json")
     a = p.parse_args()
-    files = DataOptions(
-        train_file=a.train_file, dev_file=a.dev_file, text_column="sentence", label_column="label"
-    )
-    data = load_task(a.task, files if a.train_file else None)
+    data, tok, dense = task_model.load(a)
     metric = data.spec.main_metric
-    tok = models.load_tokenizer(a.model)
-    dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
     dense_acc = evaluate(dense, tok, data)[metric]
     print(f"dense {metric} {dense_acc:.4f}")
     rows = [r for seed in a.seeds for r in run_seed(dense, tok, data, a, seed)]
@@ -145,7 +137,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
                 cfg = replace(cfg, fixed_groups=round(1 / (1 - b["sparsity"])))
-            cal = replace(calib, fit=fit_batches(calib.batches, cfg))  # compensate-2048 fits on more
+            cal = replace(calib, fit=fit_batches(data, calib.examples, tok, dense, cfg))  # compensate-512
             key = (cfg.importance, cfg.unit_fisher)
             if key not in cache:
                 t = time.perf_counter()

@@ -1,12 +1,13 @@
 """Compensation time, today's code against an earlier commit's, on the same masks and calibration data.
 
 The parent scores the model once, chooses PGB's masks at each sparsity (drop check off, so both sides see
-identical masks) and saves them; then it times stage 5 (`compensate` on 512 fit + 256 check examples,
-guards included) in child processes that import pgbert from this tree or from a git worktree of the
-baseline commit, alternating A B A B ..., and reports medians, their ratio and the dev accuracy of each
+identical masks) and saves them; then it times stage 5 (`compensate` on --compensation-samples fit examples
+and 256 check examples, guards included) in child processes that import pgbert from this tree or from a
+git worktree of the baseline commit, alternating A B A B ..., and reports medians, their ratio and the dev accuracy of each
 side's compensated model (equal accuracy: the speed-up cost nothing).
 
     python benchmarks/compensation_time.py runs/minilm-rt --baseline 3ca65db --sparsity 0.5 0.88 --repeats 3
+    python benchmarks/compensation_time.py runs/minilm-rt --baseline 7c7dde0 --sparsity 0.88 --compensation-samples 2048
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def child(a) -> None:
     data = load_task(a.task)
     tok = models.load_tokenizer(a.model)
     dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
-    calib = calibrate(data, tok, dense, PruneConfig(sparsity=0.5, seed=0, quiet=True), "shuffle")
+    n = a.compensation_samples
+    cfg = PruneConfig(sparsity=0.5, seed=0, quiet=True, calib_samples=max(n, 2048), compensation_samples=n)
+    calib = calibrate(data, tok, dense, cfg, "shuffle")
     out = {}
     for s, masks in torch.load(a.masks).items():
         pruned = models.load_for_task(a.model, data, require_finetuned=True).eval()
@@ -57,6 +60,7 @@ def main() -> None:
     p.add_argument("--baseline", default="3ca65db", help="commit to compare against")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.88])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--compensation-samples", type=int, default=512, help="examples compensation fits on")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--masks", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -106,6 +110,8 @@ def main() -> None:
                         "--child",
                         "--masks",
                         str(mfile),
+                        "--compensation-samples",
+                        str(a.compensation_samples),
                     ]
                     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                     line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")][-1]

@@ -11,13 +11,13 @@ import argparse
 import collections
 import statistics
 
-from pgbert import models
+import task_model
+
 from pgbert.adapters import prunable_names
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate
 from pgbert.stages.allocation import OptionSpace, build_items, choose_options
-from pgbert.tasks import DataOptions, load_task
 
 
 def raw(choice) -> float:
@@ -26,20 +26,12 @@ def raw(choice) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("model", nargs="?", default="runs/minilm-rt")
-    p.add_argument("--task", default="rt-sentiment")
-    p.add_argument("--train-file")
-    p.add_argument("--dev-file")
+    task_model.add_args(p)
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
     p.add_argument("--seeds", type=int, default=1)
     a = p.parse_args()
-    opts = DataOptions(
-        train_file=a.train_file, dev_file=a.dev_file, text_column="sentence", label_column="label"
-    )
-    data = load_task(a.task, opts if a.train_file else None)
-    tok = models.load_tokenizer(a.model)
-    dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
+    data, tok, dense = task_model.load(a)
     names = prunable_names(dense)
     ratios = collections.defaultdict(list)
     for seed in range(a.seeds):

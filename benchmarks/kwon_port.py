@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import legacy_kwon  # noqa: E402
+import task_model  # noqa: E402
 
-from pgbert import models  # noqa: E402
 from pgbert.adapters import MATRICES, adapter_for, prunable_names  # noqa: E402
 from pgbert.config import PruneConfig  # noqa: E402
 from pgbert.methods import get_method, kwon  # noqa: E402
@@ -39,16 +39,12 @@ from pgbert.methods.structured import unit_masks_to_weight_masks  # noqa: E402
 from pgbert.pipeline import calibrate  # noqa: E402
 from pgbert.stages.importance import fisher_and_units  # noqa: E402
 from pgbert.stages.structure import flops_ratio  # noqa: E402
-from pgbert.tasks import DataOptions, load_task  # noqa: E402
 from pgbert.training import apply_masks, evaluate  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("model", nargs="?", default="runs/minilm-rt")
-    p.add_argument("--task", default="rt-sentiment")
-    p.add_argument("--train-file", help="with --dev-file: TSV files with columns sentence, label")
-    p.add_argument("--dev-file")
+    task_model.add_args(p)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--variants", nargs="+", default=["old", "+draw", "+mac", "+tuning", "dense-teacher"])
@@ -65,13 +61,8 @@ def main() -> None:
         return summarize(a.summarize)
     if a.mac_budget and {"old", "+draw"} & set(a.variants):
         p.error("--mac-budget has no weight budget for the old / +draw variants")
-    files = DataOptions(
-        train_file=a.train_file, dev_file=a.dev_file, text_column="sentence", label_column="label"
-    )
-    data = load_task(a.task, files if a.train_file else None)
+    data, tok, dense = task_model.load(a)
     metric = data.spec.main_metric
-    tok = models.load_tokenizer(a.model)
-    dense = models.load_for_task(a.model, data, require_finetuned=True).eval()
     ad = adapter_for(dense.config)
     heads, hidden = ad.num_heads(dense.config), ad.hidden_size(dense.config)
     names = prunable_names(dense)

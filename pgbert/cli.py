@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latency-ms", type=float, help="at most this many ms per forward pass")
     _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
     p.add_argument("--calib-samples", type=int, default=2048, help="training examples drawn to score weights")
-    p.add_argument("--compensation-samples", type=int, default=512, help="of those, used by compensation")
+    p.add_argument(
+        "--compensation-samples", type=int, help="of those, used by compensation (default: all of them)"
+    )
     p.add_argument("--importance", choices=["fisher", "magnitude"], default="fisher", help="weight scores")
     p.add_argument(
         "--no-permutation", action="store_true", help="identity grouping: the same as --method pgb-identity"
@@ -273,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     _setting_args(g, batch="--target-batch-size", seq="--target-seq-len")
     p.add_argument("--seeds", type=int, default=3, help="runs per cell, each its own calibration draw")
     p.add_argument("--calib-samples", type=int, default=2048, help="calibration examples per run")
-    p.add_argument("--compensation-samples", type=int, default=512, help="of those, used by compensation")
+    p.add_argument(
+        "--compensation-samples", type=int, help="of those, used by compensation (default: all of them)"
+    )
     p.add_argument("--finetune-epochs", type=float, default=0.25, help="re-finetune (0: one shot only)")
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")

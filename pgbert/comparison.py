@@ -31,7 +31,7 @@ class CompareConfig:
     methods: tuple[str, ...] = METHODS
     seeds: int = 1
     calib_samples: int = 2048  # every method's calibration draw (Kwon et al.'s default, and PGB's)
-    compensation_samples: int = 512
+    compensation_samples: int | None = None  # all of the calibration draw
     finetune_epochs: float = 0.25
     lr: float = 5e-5
     batch_size: int = 32

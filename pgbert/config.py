@@ -25,7 +25,9 @@ class PruneConfig:
     method: str = "pgb"
     importance: str = "fisher"  # "fisher" | "magnitude"
     calib_samples: int = 2048
-    compensation_samples: int = 512
+    compensation_samples: int | None = (
+        None  # of the calibration examples, how many compensation fits on (all)
+    )
     check_samples: int = 256
     # PGB's ablation switches (all on: the method as shipped; no permutation is the method pgb-identity)
     group_counts: tuple[int, ...] = GROUP_COUNTS
@@ -60,6 +62,11 @@ class PruneConfig:
     flops_seq_len: int = 128
     quiet: bool = False
 
+    @property
+    def drop_check_batches(self) -> int:
+        """How many of the compensation batches hold the drop check's drop_check_samples examples."""
+        return max(1, -(-self.drop_check_samples // self.batch_size))
+
     def validate(self) -> None:
         from .methods import METHODS, get_method
 
@@ -93,6 +100,10 @@ class PruneConfig:
             raise PgbertError(f"--drop-check-se must be 0 or more, got {self.drop_check_se}")
         if self.importance_steps < 1:
             raise PgbertError(f"--importance-steps must be at least 1, got {self.importance_steps}")
+        if self.compensation_samples is not None and self.compensation_samples < 1:
+            raise PgbertError(
+                f"--compensation-samples must be at least 1, got {self.compensation_samples}; omit it to use all"
+            )
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
         get_method(self.method).check_budget(self)

@@ -47,27 +47,48 @@ def calibrate(data: TaskData, tokenizer, model: nn.Module, cfg: PruneConfig, sam
         random.Random(cfg.seed).shuffle(pool)
         calib, rest = pool[:n], pool[n:]
     check = (rest or calib)[: cfg.check_samples]
-    batches = batches_of(data, calib, tokenizer, model, cfg)
     return Calibration(
         examples=calib,
-        batches=batches,
-        fit=fit_batches(batches, cfg),
-        check=batches_of(data, check, tokenizer, model, cfg),
+        batches=batches_of(data, calib, tokenizer, model, cfg),
+        fit=fit_batches(data, calib, tokenizer, model, cfg),
+        check=batches_of(data, check, tokenizer, model, cfg, by_length=True),
         check_examples=len(check),
         task_kind=data.spec.kind,
         dev_seq_len=dev_seq_len(data, tokenizer, cfg.max_seq_length),
     )
 
 
-def fit_batches(batches: list[dict], cfg: PruneConfig) -> list[dict]:
-    """The calibration batches compensation fits on: the first cfg.compensation_samples examples."""
-    return batches[: max(1, cfg.compensation_samples // cfg.batch_size)]
+def fit_batches(
+    data: TaskData, examples: list[dict], tokenizer, model: nn.Module, cfg: PruneConfig
+) -> list[dict]:
+    """The batches compensation fits on: the first cfg.compensation_samples calibration examples (all by
+    default), batched by length. The first cfg.drop_check_samples examples are batched apart, so the drop
+    check's fit (the first cfg.drop_check_batches batches) is exactly those examples."""
+    n = len(examples) if cfg.compensation_samples is None else min(cfg.compensation_samples, len(examples))
+    head = min(n, cfg.drop_check_samples)
+    return [
+        b
+        for part in (examples[:head], examples[head:n])
+        if part
+        for b in batches_of(data, part, tokenizer, model, cfg, by_length=True)
+    ]
 
 
 def batches_of(
-    data: TaskData, examples: list[dict], tokenizer, model: nn.Module, cfg: PruneConfig
+    data: TaskData,
+    examples: list[dict],
+    tokenizer,
+    model: nn.Module,
+    cfg: PruneConfig,
+    by_length: bool = False,
 ) -> list[dict]:
+    """Padded batches of the examples' features, in order; by_length: sorted by token count first, so
+    little of each batch is padding (for stages whose result does not depend on how examples are batched:
+    compensation sums over tokens, the guards over examples; importance squares per-batch gradients and
+    keeps the drawn order)."""
     feats = train_features(data, tokenizer, cfg.max_seq_length, examples)
+    if by_length:
+        feats = sorted(feats, key=lambda f: len(f["input_ids"]))
     return list(DataLoader(feats, batch_size=cfg.batch_size, collate_fn=collator_for(tokenizer, model)))
 
 

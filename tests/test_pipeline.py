@@ -373,3 +373,52 @@ def test_compensation_without_check_refits_every_layer(tokenizer):
     assert rep["_check_loss"] == {"prefix_losses": [], "compensated_layers": 2}
     kept = [v for n, v in rep.items() if not n.startswith("_") and float(masks[n].sum()) > 0]
     assert kept and all(v["compensated"] and v["error_after"] < v["error_before"] for v in kept)
+
+
+def test_compensation_batches_by_length_with_the_drop_checks_examples_first(tokenizer):
+    """Calibration.fit: the first compensation_samples drawn examples (all by default), each batch sorted
+    by length; its first cfg.drop_check_batches batches hold exactly the first drop_check_samples examples."""
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+
+    def ids(batches):
+        return sorted(
+            tuple(r[m.bool()].tolist()) for b in batches for r, m in zip(b["input_ids"], b["attention_mask"])
+        )
+
+    for n, expected in ((None, 96), (64, 64)):
+        cfg = fast(0.5, compensation_samples=n, drop_check_samples=40, batch_size=16)
+        calib = calibrate(data, tokenizer, dense, cfg, "shuffle")
+        drawn = batches_of(data, calib.examples, tokenizer, dense, cfg)
+        assert cfg.drop_check_batches == 3
+        assert ids(calib.fit[:3]) == ids(batches_of(data, calib.examples[:40], tokenizer, dense, cfg))
+        assert ids(calib.fit) == ids(batches_of(data, calib.examples[:expected], tokenizer, dense, cfg))
+        lengths = [int(m.sum()) for b in calib.fit[3:] for m in b["attention_mask"]]
+        assert lengths == sorted(lengths)
+        if n is None:  # by length, the batches carry less padding than in the drawn order
+            pad = [sum(int((b["attention_mask"] == 0).sum()) for b in bs) for bs in (calib.fit, drawn)]
+            assert pad[0] < pad[1] / 2
+
+
+def test_compensation_does_not_depend_on_how_tokens_are_batched(tokenizer):
+    """The least-squares solve sums over tokens, so the same examples batched by length or in the drawn
+    order give the same compensated weights (up to float32 rounding of the sums)."""
+    import copy
+
+    from pgbert.stages.compensation import compensate
+    from pgbert.training import apply_masks
+
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+    cfg = fast(0.75, compensation_samples=None)
+    calib = calibrate(data, tokenizer, dense, cfg, "shuffle")
+    _, masks, _ = prune_model(dense, tokenizer, data, fast(0.75, compensate=False, drop_check=False))
+    drawn = batches_of(data, calib.examples, tokenizer, dense, cfg)
+    models = []
+    for fit in (calib.fit, drawn):
+        pruned = copy.deepcopy(dense)
+        apply_masks(pruned, masks)
+        compensate(dense, pruned, masks, fit, None, task_loss)
+        models.append(dict(pruned.named_parameters()))
+    moved = {n: float((models[0][n] - dense.get_parameter(n) * masks[n]).abs().max()) for n in masks}
+    assert max(moved.values()) > 0.05  # compensation moved weights by up to 0.05-0.2 here; the two
+    for n in masks:  # refits agree to float32 rounding (measured: at most 3e-5)
+        assert float((models[0][n] - models[1][n]).abs().max()) < 1e-4, n

@@ -141,7 +141,7 @@ def drop_measure(dense: nn.Module, calib: Calibration, cfg):
     compensated on cfg.drop_check_samples calibration examples, without the guards (compensation recovers
     much of what a kept sublayer loses and little of a dropped one's, so the masked loss alone would favour
     drops)."""
-    fit = calib.fit[: max(1, cfg.drop_check_samples // cfg.batch_size)]
+    fit = calib.fit[: cfg.drop_check_batches]
 
     def measure(masks: dict[str, torch.Tensor]) -> torch.Tensor:
         pruned = copy.deepcopy(dense)

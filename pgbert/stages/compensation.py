@@ -212,7 +212,7 @@ def compensate(
                     st.add(x[k][:, cols], y[k])
                     stats.append(st)
                 st_fit, st_chk = stats[0], stats[-1]
-                lam = damp * float(xy[0][0][k].double().square().sum(0).mean()) + 1e-8
+                lam = damp * float(xy[0][0][k].square().sum(0).double().mean()) + 1e-8
                 m, b = mask[:, cols], lin.bias.detach()
                 W = lin.weight.detach()[:, cols] * m
                 W2, b2 = solve_compensation(W, b, m, st_fit, lam=lam)
