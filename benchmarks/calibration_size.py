@@ -1,8 +1,9 @@
 """Does more calibration data help PGB? The one-shot results of `pgbert prune --calib-samples N --seed K` run
 folders (any sizes; a re-finetuned run's one-shot result counts), optionally with PGB's rows of a `pgbert
 compare` results.json (same sparsity and seeds, its own --calib-samples), paired by seed, smallest against
-largest size. With the same seed the smaller draw is the first part of the larger one, and compensation fits on
-the same first 512 examples, so only the importance estimate and the drop check's held-out batches differ.
+largest size. With the same seed the smaller draw is the first part of the larger one; the importance estimate,
+the drop check's held-out batches and compensation (on the whole draw since session 14; on the first 512
+examples before) differ.
 
     python benchmarks/calibration_size.py --compare benchmarks/results/compare12-amazon.json \
         runs/amz088-c512-s0 runs/amz088-c512-s1 runs/amz088-c512-s2

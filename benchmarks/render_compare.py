@@ -24,7 +24,7 @@ def merge(paths: list[str], replace: bool = False) -> dict:
         if (r["task"], r["dense"]) != (runs[0]["task"], runs[0]["dense"]):
             raise SystemExit(f"results differ in task or dense score: {paths}")
     by_key: dict = {}
-    replaced = []
+    replaced = []  # this merge's (a merged input's own list stays in its file)
     for path, r in zip(paths, runs):
         for row in r["rows"]:
             key = (row["method"], budget_of(row), row["seed"])
@@ -40,8 +40,8 @@ def merge(paths: list[str], replace: bool = False) -> dict:
         "model": runs[0]["model"],
         "task": runs[0]["task"],
         "dense": runs[0]["dense"],
-        "configs": [r["config"] for r in runs],
-        "sources": paths,
+        "configs": [c for r in runs for c in (r.get("configs") or [r["config"]])],  # merged files: theirs
+        "sources": [s for p, r in zip(paths, runs) for s in (r.get("sources") or [p])],
         "rows": rows,
         "replaced": replaced,
         "seconds": sum(r["seconds"] for r in runs),

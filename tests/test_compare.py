@@ -268,6 +268,12 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
         old[0],
     )
     assert "| pgb | sparsity 0.88 | 1 | +10.0 (1-0-0) | -5.0 (0-0-1) |" in render_compare.rerun_table(merged)
+    # a merged file merges again (a second re-run): its configs and sources carry over, its rows are replaced
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(merged))
+    again = render_compare.merge([str(c), str(b)], replace=True)
+    assert again["configs"] == [{}, {}, {}] and again["sources"] == [str(a), str(b), str(b)]
+    assert [r["by"] for r in again["replaced"]] == [str(b)] and len(again["rows"]) == 2
 
 
 def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
