@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -157,7 +158,7 @@ def summarize(paths: list[str]) -> None:
         for v in dict.fromkeys(r["variant"] for r in rows if r["sparsity"] == s):
             rs = sorted((r for r in rows if (r["sparsity"], r["variant"]) == (s, v)), key=lambda r: r["seed"])
             by_seed = " / ".join(f"{r['masked']:.3f} -> {r['tuned']:.3f}" for r in rs)
-            masked, tuned = (sum(r[k] for r in rs) / len(rs) for k in ("masked", "tuned"))
+            masked, tuned = (statistics.mean(r[k] for r in rs) for k in ("masked", "tuned"))
             stops = sum(r["stopped_at"] is not None for r in rs)
             print(
                 f"s={s:.2f} {v:14s} seeds {' '.join(str(r['seed']) for r in rs)}: {by_seed}; mean {masked:.3f} -> "
