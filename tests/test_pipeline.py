@@ -140,6 +140,8 @@ def test_bad_input(tokenizer, save_tiny, tmp_path):
         prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(1.0))
     with pytest.raises(PgbertError, match="--attention must be heads or blocks"):
         prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(0.5, attention="rows"))
+    with pytest.raises(PgbertError, match="--compensation-samples must be at least 1"):
+        prune_model(tiny_model("bert", tokenizer), tokenizer, data, fast(0.5, compensation_samples=0))
     small = TaskData(data.spec, data.train[:10], data.dev, data.label_names, "tiny")
     with pytest.raises(PgbertError, match="only 10 examples"):
         prune_model(tiny_model("bert", tokenizer), tokenizer, small, fast(0.5))
