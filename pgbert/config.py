@@ -25,9 +25,8 @@ class PruneConfig:
     method: str = "pgb"
     importance: str = "fisher"  # "fisher" | "magnitude"
     calib_samples: int = 2048
-    compensation_samples: int | None = (
-        None  # of the calibration examples, how many compensation fits on (all)
-    )
+    # of the calibration examples, how many compensation fits on (None: all; 512 before session 14)
+    compensation_samples: int | None = None
     check_samples: int = 256
     # PGB's ablation switches (all on: the method as shipped; no permutation is the method pgb-identity)
     group_counts: tuple[int, ...] = GROUP_COUNTS
