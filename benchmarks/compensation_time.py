@@ -3,11 +3,12 @@
 The parent scores the model once, chooses PGB's masks at each sparsity (drop check off, so both sides see
 identical masks) and saves them; then it times stage 5 (`compensate` on --compensation-samples fit examples
 and 256 check examples, guards included) in child processes that import pgbert from this tree or from a
-git worktree of the baseline commit, alternating A B A B ..., and reports medians, their ratio and the dev accuracy of each
-side's compensated model (equal accuracy: the speed-up cost nothing).
+git worktree of the baseline commit, alternating A B A B ..., and reports medians, their ratio and the dev
+accuracy of each side's compensated model (equal accuracy: the speed-up cost nothing).
 
     python benchmarks/compensation_time.py runs/minilm-rt --baseline 3ca65db --sparsity 0.5 0.88 --repeats 3
-    python benchmarks/compensation_time.py runs/minilm-rt --baseline 7c7dde0 --sparsity 0.88 --compensation-samples 2048
+    python benchmarks/compensation_time.py runs/minilm-rt --baseline 7c7dde0 --sparsity 0.5 0.88 \
+        --compensation-samples 2048 --repeats 2
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ class PruneConfig:
             raise PgbertError(f"--importance-steps must be at least 1, got {self.importance_steps}")
         if self.compensation_samples is not None and self.compensation_samples < 1:
             raise PgbertError(
-                f"--compensation-samples must be at least 1, got {self.compensation_samples}; omit it to use all"
+                f"--compensation-samples must be at least 1, got {self.compensation_samples}; "
+                "omit it to use all"
             )
         if self.calib_samples < MIN_CALIB:
             raise PgbertError(f"--calib-samples {self.calib_samples} is too few; use at least {MIN_CALIB}")
