@@ -161,6 +161,8 @@ def run(
                     "dropped_sublayers": rep["dropped_sublayers"],
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                     "latency": rep.get("latency"),
+                    # every dev check of the re-finetune ({"step", metrics}); "finetuned" is the best one's
+                    "finetune_history": m.get("finetune_history", []),
                 }
                 rows.append(row)
                 if on_row is not None:

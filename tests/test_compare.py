@@ -123,7 +123,7 @@ def test_compare_rows_equal_prune_runs(save_tiny, tmp_path):
     """A compare row is exactly `pgbert prune --method X` with the same seed and calibration draw, for PGB
     and Kwon et al. (at the FLOPs ratio compare matched to PGB's)."""
     model, opts, cfg = compare_setup(save_tiny, tmp_path)
-    cfg.seeds, cfg.methods = 1, ("pgb", "kwon")
+    cfg.seeds, cfg.methods, cfg.finetune_epochs = 1, ("pgb", "kwon"), 0.5  # several dev checks
     rows = {r["method"]: r for r in api.compare(model, "classification", tmp_path / "cmp", opts, cfg)}
     for name, fr in (("pgb", None), ("kwon", rows["pgb"]["flops_ratio"])):
         pcfg = cfg.prune_config(name, seed=0, sparsity=0.5, flops_ratio=fr)
@@ -131,6 +131,9 @@ def test_compare_rows_equal_prune_runs(save_tiny, tmp_path):
         m = rep["metrics"]
         got = (m["masked"]["accuracy"], m["pruned"]["accuracy"], m["finetuned"]["accuracy"])
         assert got == (rows[name]["masked"], rows[name]["oneshot"], rows[name]["finetuned"]), name
+        hist = rows[name]["finetune_history"]  # every dev check, so early stopping can be judged later
+        assert hist == m["finetune_history"] and len(hist) >= 2
+        assert max(e["accuracy"] for e in hist) == rows[name]["finetuned"]
         assert rep["sparsity_achieved"] == rows[name]["sparsity_achieved"]
 
 
