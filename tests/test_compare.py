@@ -366,3 +366,37 @@ def test_render_ablation_pairs_a_variant_with_a_compares_pgb_rows(tmp_path, monk
     # +2 and -1 points against the PGB rows 0.70 / 0.71
     assert "| compensate-2048 | 0.720 / 0.700 | 0.710 | +0.5 (1-0-1) | 0.500 | 0 / 0 |" in out
     assert "| full | 0.700 / 0.710 | 0.705 |" in out and "sparsity 0.5:" not in out
+
+
+def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
+    """benchmarks/early_stopping.py: kept minus last dev check per seed, exact; rows without a history skipped."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import early_stopping
+
+    def row(seed, checks, method="pgb"):
+        hist = [{"step": 10 * (i + 1), "accuracy": a} for i, a in enumerate(checks)]
+        return {
+            "method": method,
+            "budget": "sparsity",
+            "target": 0.88,
+            "sparsity": 0.88,
+            "seed": seed,
+            "metric": "accuracy",
+            "oneshot": 0.7,
+            "finetuned": max(checks),
+            "finetune_history": hist,
+        }
+
+    rows = [row(0, [0.80, 0.83, 0.81]), row(1, [0.78, 0.80]), row(2, [0.79, 0.82, 0.84])]
+    rows.append({**row(0, [0.5]), "method": "kwon", "finetune_history": []})  # an old row: skipped
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"dense": 0.876, "rows": rows}))
+    text = "\n".join(early_stopping.table(str(path)))
+    # kept 0.83 / 0.80 / 0.84, last 0.81 / 0.80 / 0.84: differences +2, 0, 0 points, mean +0.7; seed 1 and 2
+    # ended on their best check
+    assert "| pgb | s=0.88 | 0.8233 | 0.8167 | +0.7 | 1-2-0, p 0.42 | 2 of 3 |" in text
+    assert "kwon" not in text
