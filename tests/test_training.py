@@ -176,3 +176,28 @@ def test_best_checkpoint_breaks_metric_ties_by_dev_loss():
     assert not improves(0.9, 0.5, 0.9, 0.4)  # tie: higher loss loses (the old rule kept the earliest)
     assert improves(0.9, 0.4, 0.9, 0.4)
     assert not improves(0.8, 0.0, 0.9, 0.4)
+
+
+def test_finetune_keeps_the_best_dev_check(tokenizer, monkeypatch):
+    """Early stopping returns the weights of the best dev check (ties to the lower dev loss), not the last."""
+    import pgbert.training as training
+
+    scores = [(0.6, 1.0), (0.9, 0.5), (0.7, 1.0), (0.9, 0.6)]  # check 4 ties check 2 with a higher loss
+    states = []
+
+    def scripted(model, *a, **kw):
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        acc, loss = scores[len(states) - 1]
+        return {"accuracy": acc, "loss": loss}
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    model, hist = finetune(
+        tiny_model("bert", tokenizer),
+        tokenizer,
+        sentiment_data(),
+        TrainConfig(max_steps=4, eval_steps=1, lr=1e-3, quiet=True),
+    )
+    assert [e["step"] for e in hist["evals"]] == [1, 2, 3, 4] and hist["best"] == 0.9
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)
+    assert not all(torch.equal(kept[k], states[3][k]) for k in kept)  # training moved the weights after it
