@@ -245,3 +245,29 @@ def test_run_layer_stops_after_the_last_captured_input(tokenizer):
     assert none is None and len(nxt) == 1 and not calls  # FFN-in, after O, never ran
     assert all(torch.equal(full[k], early[k]) for k in capture)
     assert full["q"].shape[0] == int(batch["attention_mask"].sum())  # valid tokens only
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_token_wise_stage_inputs_equal_the_layer_forward(tokenizer, family):
+    """Compensation runs the pruned layer only up to O's input (attention mixes tokens) and computes FFN-in's
+    and FFN-out's inputs and the layer output token-wise from it: the same as a forward of the whole layer,
+    on valid tokens."""
+    from conftest import tiny_model
+
+    from pgbert.adapters import adapter_for
+    from pgbert.stages.compensation import _activation, _next_inputs, _stage_input, layer_inputs, run_layer
+
+    model = tiny_model(family, tokenizer).eval()
+    batch = tokenizer(["a good film", "a bad one, long and dull"], padding=True, return_tensors="pt")
+    inputs = layer_inputs(model, [dict(batch)])
+    adapter = adapter_for(model.config)
+    layer = adapter.layers(model)[1]
+    parts = adapter.parts(layer)
+    nxt, full = run_layer(layer, inputs, {k: parts.linear(k) for k in ("o", "ffn_in", "ffn_out")}, "input")
+    flow = {"q": torch.cat([x[m] for x, _, m in inputs])}
+    for k in ("o", "ffn_in", "ffn_out"):
+        flow[k] = _stage_input(layer, parts, _activation(adapter, model.config), k, flow, inputs)
+        torch.testing.assert_close(flow[k], full[k])
+    (out, _, valid), (ref, _, _) = _next_inputs(parts, flow, inputs)[0], nxt[0]
+    assert not valid.all()  # the batch has padding
+    torch.testing.assert_close(out[valid], ref[valid])

@@ -377,6 +377,83 @@ def test_compensation_without_check_refits_every_layer(tokenizer):
     assert kept and all(v["compensated"] and v["error_after"] < v["error_before"] for v in kept)
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_compensation_is_each_linears_least_squares_on_the_compensated_models_inputs(tokenizer, family):
+    """Layer by layer in forward order, every kept row of every linear holds the ridge least-squares fit
+    (toward its dense weights) of the dense linear's output, over the row's kept columns and a bias, on that
+    linear's inputs in the compensated model (valid tokens); rows that keep nothing hold the mean target.
+    Masks and tokens are random (Q, K and V keep different columns), solved here in float64."""
+    import copy
+
+    from pgbert.stages.compensation import compensate
+    from pgbert.training import apply_masks
+
+    dense = tiny_model(family, tokenizer)
+    g = torch.Generator().manual_seed(0)
+    fit = []
+    for _ in range(8):  # padded batches of random tokens
+        valid = (torch.arange(16) < torch.randint(4, 17, (8, 1), generator=g)).long()
+        fit.append(
+            {
+                "input_ids": torch.randint(5, len(tokenizer), (8, 16), generator=g) * valid,
+                "attention_mask": valid,
+            }
+        )
+    masks = {}
+    for layer in prunable_names(dense):
+        rows = {}
+        for k, n in zip(MATRICES, layer):
+            n_out, n_in = dense.get_parameter(n).shape
+            rows[k] = torch.rand(n_out, generator=g) < 0.8
+            cols = torch.rand(n_in, generator=g) < 0.5
+            # O and FFN-out read only what V and FFN-in kept (a dropped row's output is constant, a column
+            # collinear with the bias), as PGB's paired masks do
+            cols &= rows.get({"o": "v", "ffn_out": "ffn_in"}.get(k), torch.ones(n_in, dtype=torch.bool))
+            masks[n] = (rows[k][:, None] & cols[None]).float()
+    pruned = copy.deepcopy(dense)
+    apply_masks(pruned, masks)
+    compensate(dense, pruned, masks, fit, None, task_loss, damp=1e-2)
+
+    def capture(model, what):
+        got, tok, hooks = {n: [] for n in masks}, {}, []
+        for n in masks:
+
+            def hook(m, a, o, n=n):
+                got[n].append((a[0] if what == "input" else o)[tok["valid"]].double())
+
+            hooks.append(model.get_submodule(n.removesuffix(".weight")).register_forward_hook(hook))
+        with torch.no_grad():
+            for b in fit:
+                tok["valid"] = b["attention_mask"].bool()
+                model(**b)
+        for h in hooks:
+            h.remove()
+        return {n: torch.cat(v) for n, v in got.items()}
+
+    X, Y = capture(pruned, "input"), capture(dense, "output")
+    worst = 0.0
+    for n, mask in masks.items():
+        W, b = pruned.get_parameter(n).double(), pruned.get_parameter(n.replace(".weight", ".bias")).double()
+        w0 = torch.cat(
+            [dense.get_parameter(n), dense.get_parameter(n.replace(".weight", ".bias"))[:, None]], 1
+        )
+        A = torch.cat([X[n], torch.ones(len(X[n]), 1, dtype=torch.float64)], 1)
+        lam = 1e-2 * float(X[n].square().sum(0).mean())  # compensate's ridge weight at damp 1e-2
+        assert float(W[mask == 0].abs().max()) == 0.0
+        for r in range(mask.shape[0]):
+            y = Y[n][:, r]
+            if not mask[r].any():
+                assert float(b[r]) == pytest.approx(float(y.mean()), rel=1e-5, abs=1e-6)
+                continue
+            cols = torch.cat([torch.nonzero(mask[r])[:, 0], torch.tensor([A.shape[1] - 1])])
+            Ar, w0r = A[:, cols], w0[r, cols].double()
+            best = torch.linalg.solve(Ar.T @ Ar + lam * torch.eye(len(cols)), Ar.T @ y + lam * w0r)
+            got = torch.cat([W[r], b[r : r + 1]])[cols]
+            f = [float((Ar @ w - y).square().sum() + lam * (w - w0r).square().sum()) for w in (got, best)]
+            worst = max(worst, (f[0] - f[1]) / float((y - y.mean()).square().sum()))
+    assert worst < 1e-6  # measured: 4e-9 (the statistics are float32 products summed in float64)
+
+
 def test_compensation_batches_by_length_with_the_drop_checks_examples_first(tokenizer):
     """Calibration.fit: the first compensation_samples drawn examples (all by default), each batch sorted
     by length; its first cfg.drop_check_batches batches hold exactly the first drop_check_samples examples."""

@@ -4,6 +4,8 @@ For each pruned linear, inputs X come from the already-compensated pruned model 
 dense model's outputs of that linear. For each kept block (rows R sharing the column set C):
     min ||Y[R] - W_R X[C] - b_R||^2 + lam ||[W_R, b_R] - [W_R, b_R]_orig||^2
 Rows with no kept block get the mean target as bias (bias absorption). Padding tokens are excluded.
+The pruned layer runs only as far as O's input (attention mixes tokens); the rest of a post-LN layer is
+token-wise and is computed on valid tokens from the stage before. Q, K and V share one Gram matrix.
 Guards: a linear keeps its compensation only if it lowers the error on held-out calibration tokens; then
 the prefix of compensated layers with the lowest held-out task loss is kept (all, some, or none).
 """
@@ -38,13 +40,20 @@ class LinearStats:
         self.yy = torch.zeros(self.n_out, dtype=torch.float64)
         self.ysum = torch.zeros(self.n_out, dtype=torch.float64)
 
-    def add(self, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096) -> None:
+    def add(
+        self, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096, gram: torch.Tensor | None = None
+    ) -> None:
+        """Accumulate the pairs (x, y). gram: the Gram matrix of these very x (another linear's statistics
+        on the same inputs, as Q, K and V share theirs), taken instead of recomputed."""
         # float32 products over chunks of tokens, summed in float64 (float64 matmuls are several times
         # slower on CPU; the ridge term keeps the solve insensitive to the rounding).
+        if gram is not None:
+            self.gram += gram
         for i in range(0, x.shape[0], chunk):
             xs, yc = x[i : i + chunk].float(), y[i : i + chunk].float()
             xc = torch.cat([xs, torch.ones(len(xs), 1)], 1)
-            self.gram += (xc.T @ xc).double()
+            if gram is None:
+                self.gram += (xc.T @ xc).double()
             self.xty += (xc.T @ yc).double()
             self.yy += yc.double().square().sum(0)
             self.ysum += yc.double().sum(0)
@@ -178,6 +187,7 @@ def compensate(
     d_in = [layer_inputs(dense, b) for b in ([fit, check] if guarded else [fit])]
     p_in = list(d_in)
     report: dict[str, dict] = {}
+    act = _activation(adapter, dense.config)
     originals, compensated, reports = [], [], []
     stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
     for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
@@ -191,15 +201,21 @@ def compensate(
         layer_report = {}
         if target == "residual":  # the dense residual streams that O's and FFN-out's outputs are added to
             res = [_residuals(d_layers[li], x, dparts) for x in d_in]
+        # the pruned layer's linear inputs on valid tokens, per token set, each computed once its stage
+        # starts (after the stage before it was compensated)
+        flows = [{"q": torch.cat([x[m] for x, _, m in xs])} for xs in p_in]
         for stage in stages:
-            pmods = {k: pparts.linear(k) for k in stage}
-            xy = [_pairs(p_layers[li], x, pparts, stage, t) for x, (_, t) in zip(p_in, outs)]
-            if target == "residual" and stage[0] in RESIDUAL_OF:
-                k, r = stage[0], RESIDUAL_OF[stage[0]]
-                for (x, y), rd in zip(xy, res):
-                    y[k] = y[k] + rd[r] - x[r]
+            k0 = stage[0]
+            for f, xs in zip(flows, p_in):
+                f[k0] = _stage_input(p_layers[li], pparts, act, k0, f, xs)
+            xy = [({k: f[k0] for k in stage}, {k: t[k] for k in stage}) for f, (_, t) in zip(flows, outs)]
+            if target == "residual" and k0 in RESIDUAL_OF:
+                r = RESIDUAL_OF[k0]
+                for (_, y), rd, f in zip(xy, res, flows):
+                    y[k0] = y[k0] + rd[r] - f[r]
+            grams: dict = {}  # (token set, kept columns) -> Gram matrix: Q, K and V read the same inputs
             for k in stage:
-                lin = pmods[k]
+                lin = pparts.linear(k)
                 name = prefix[id(lin)] + ".weight"
                 mask = masks.get(name, torch.ones_like(lin.weight))
                 # Only the input columns some kept weight reads enter the statistics: the same solve and
@@ -207,9 +223,11 @@ def compensate(
                 cols = torch.nonzero(mask.any(0))[:, 0]
                 cols = cols if cols.numel() else torch.zeros(1, dtype=torch.long)  # empty: bias only
                 stats = []
-                for x, y in xy:
+                for i, (x, y) in enumerate(xy):
                     st = LinearStats(cols.numel(), lin.out_features)
-                    st.add(x[k][:, cols], y[k])
+                    key = (i, tuple(cols.tolist()))
+                    st.add(x[k][:, cols], y[k], gram=grams.get(key))
+                    grams[key] = st.gram
                     stats.append(st)
                 st_fit, st_chk = stats[0], stats[-1]
                 lam = damp * float(xy[0][0][k].square().sum(0).double().mean()) + 1e-8
@@ -237,7 +255,7 @@ def compensate(
         originals.append(saved)
         reports.append(layer_report)
         d_in = [nxt for nxt, _ in outs]
-        p_in = [run_layer(p_layers[li], x, {}, "input")[0] for x in p_in]
+        p_in = [_next_inputs(pparts, f, xs) for f, xs in zip(flows, p_in)]
     # Task guard: each layer's compensation was fitted on inputs from the compensated layers before it, so
     # the consistent choices are prefixes. Keep the prefix with the lowest held-out task loss.
     losses, keep = [], len(d_layers)
@@ -269,16 +287,40 @@ def _residuals(layer, inputs, parts) -> dict[str, torch.Tensor]:
     return {"q": torch.cat([x[m] for x, _, m in inputs]), "ffn_in": got["ffn_in"]}
 
 
-def _pairs(layer, inputs, parts, stage: tuple[str, ...], targets: dict) -> tuple[dict, dict]:
-    """(inputs, targets) of the stage's linears in the pruned layer; for O and FFN-out also the input of
-    the linear whose residual they add to."""
-    if stage[0] == "q":  # Q, K and V read the layer input itself (post-LN families)
-        x = torch.cat([x[m] for x, _, m in inputs])
-        xs = {k: x for k in stage}
-    else:
-        extra = (RESIDUAL_OF[stage[0]],) if stage[0] in RESIDUAL_OF else ()
-        _, xs = run_layer(layer, inputs, {k: parts.linear(k) for k in stage + extra}, "input", stop=True)
-    return xs, {k: targets[k] for k in stage}
+@torch.no_grad()
+def _stage_input(layer, parts, act, stage: str, flow: dict, inputs) -> torch.Tensor:
+    """The input of a stage's linears in the pruned layer, on valid tokens. Only O's needs the layer run
+    (attention mixes tokens); the rest of a post-LN layer is token-wise, computed from the inputs before:
+    FFN-in reads LN_attn(x + O(ctx)), FFN-out reads act(FFN-in(h))."""
+    if stage == "q":  # Q, K and V read the layer input itself
+        return flow["q"]
+    if stage == "o":
+        return run_layer(layer, inputs, {"o": parts.o}, "input", stop=True)[1]["o"]
+    if stage == "ffn_in":
+        return parts.attn_ln(flow["q"] + parts.o(flow["o"]))
+    return act(parts.ffn_in(flow["ffn_in"]))
+
+
+@torch.no_grad()
+def _next_inputs(parts, flow: dict, inputs) -> list:
+    """The pruned layer's output, LN_ffn(h + FFN-out(a)), put back into the padded batches. Padding
+    positions keep their input (no valid token attends to them)."""
+    y = parts.ffn_ln(flow["ffn_in"] + parts.ffn_out(flow["ffn_out"]))
+    out, i = [], 0
+    for x, attn, m in inputs:
+        n = int(m.sum())
+        x = x.clone()
+        x[m] = y[i : i + n].to(x.dtype)
+        out.append((x, attn, m))
+        i += n
+    return out
+
+
+def _activation(adapter, config):
+    from transformers.activations import get_activation
+
+    act = getattr(config, adapter.act_attr)
+    return get_activation(act) if isinstance(act, str) else act
 
 
 @torch.no_grad()
