@@ -37,9 +37,14 @@ def cells(paths: list[str]) -> dict[tuple[float, str], list[tuple[str, float]]]:
     return out
 
 
+TIE = 1e-9  # differences of means this small are float rounding of equal means
+
+
 def cell(diffs: list[tuple[str, float]] | None) -> str:
     if not diffs:
         return "not run"
+    # a tie of equal counts (583 + 577 + 587 against 583 + 578 + 586 right on 700) can come out -4e-17
+    diffs = [(b, 0.0 if abs(d) < TIE else d) for b, d in diffs]
     verdict = "yes" if all(d >= 0 for _, d in diffs) else "**no**"
     return verdict + " (" + ", ".join(f"{SHORT.get(b, b)} {100 * d:+.1f}" for b, d in sorted(diffs)) + ")"
 

@@ -210,6 +210,15 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     assert "| u | **no** (K -0.5, S +10.0) | not run | not run | not run |" in table
     with pytest.raises(SystemExit, match="already given"):
         grid.cells([str(oneshot), str(oneshot)])
+    # equal means whose paired difference float rounding makes -4e-17 (amazon-sentiment's 0.75 one shot)
+    tie = [
+        {"method": m, "sparsity": 0.75, "seed": i, "oneshot": a / 700, "finetuned": a / 700}
+        for m, accs in {"pgb": [583, 577, 587], "structured-fisher": [583, 578, 586]}.items()
+        for i, a in enumerate(accs)
+    ]
+    tied = tmp_path / "c.json"
+    tied.write_text(json.dumps({"config": {"finetune_epochs": 0.25}, "rows": tie}))
+    assert "| v | yes (S +0.0) | yes (S +0.0) |" in grid.grid({"v": [str(tied)]}, [0.75])
 
 
 def test_calibration_size_table_pairs_seeds_run_at_every_size():
