@@ -253,9 +253,10 @@ def test_token_wise_stage_inputs_equal_the_layer_forward(tokenizer, family):
     and FFN-out's inputs and the layer output token-wise from it: the same as a forward of the whole layer,
     on valid tokens."""
     from conftest import tiny_model
+    from transformers.activations import ACT2FN
 
     from pgbert.adapters import adapter_for
-    from pgbert.stages.compensation import _activation, _next_inputs, _stage_input, layer_inputs, run_layer
+    from pgbert.stages.compensation import _next_inputs, _stage_input, layer_inputs, run_layer
 
     model = tiny_model(family, tokenizer).eval()
     batch = tokenizer(["a good film", "a bad one, long and dull"], padding=True, return_tensors="pt")
@@ -266,7 +267,7 @@ def test_token_wise_stage_inputs_equal_the_layer_forward(tokenizer, family):
     nxt, full = run_layer(layer, inputs, {k: parts.linear(k) for k in ("o", "ffn_in", "ffn_out")}, "input")
     flow = {"q": torch.cat([x[m] for x, _, m in inputs])}
     for k in ("o", "ffn_in", "ffn_out"):
-        flow[k] = _stage_input(layer, parts, _activation(adapter, model.config), k, flow, inputs)
+        flow[k] = _stage_input(layer, parts, ACT2FN[adapter.activation(model.config)], k, flow, inputs)
         torch.testing.assert_close(flow[k], full[k])
     (out, _, valid), (ref, _, _) = _next_inputs(parts, flow, inputs)[0], nxt[0]
     assert not valid.all()  # the batch has padding

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.activations import ACT2FN
 
 from ..adapters import MATRICES, adapter_for
 
@@ -187,7 +188,7 @@ def compensate(
     d_in = [layer_inputs(dense, b) for b in ([fit, check] if guarded else [fit])]
     p_in = list(d_in)
     report: dict[str, dict] = {}
-    act = _activation(adapter, dense.config)
+    act = ACT2FN[adapter.activation(dense.config)]
     originals, compensated, reports = [], [], []
     stages = (("q", "k", "v"), ("o",), ("ffn_in",), ("ffn_out",))
     for li in tqdm(range(len(d_layers)), desc="compensation", disable=quiet, leave=False):
@@ -200,7 +201,7 @@ def compensate(
         }
         layer_report = {}
         if target == "residual":  # the dense residual streams that O's and FFN-out's outputs are added to
-            res = [_residuals(d_layers[li], x, dparts) for x in d_in]
+            res = [_residuals(x, t, dparts) for x, (_, t) in zip(d_in, outs)]
         # the pruned layer's linear inputs on valid tokens, per token set, each computed once its stage
         # starts (after the stage before it was compensated)
         flows = [{"q": torch.cat([x[m] for x, _, m in xs])} for xs in p_in]
@@ -281,10 +282,12 @@ def compensate(
 RESIDUAL_OF = {"o": "q", "ffn_out": "ffn_in"}  # O adds to the layer input (Q's input), FFN-out to FFN-in's
 
 
-def _residuals(layer, inputs, parts) -> dict[str, torch.Tensor]:
-    """The dense layer's residual streams on valid tokens: its input and its FFN's input."""
-    _, got = run_layer(layer, inputs, {"ffn_in": parts.linear("ffn_in")}, "input", stop=True)
-    return {"q": torch.cat([x[m] for x, _, m in inputs]), "ffn_in": got["ffn_in"]}
+@torch.no_grad()
+def _residuals(inputs, targets: dict, parts) -> dict[str, torch.Tensor]:
+    """The dense layer's residual streams on valid tokens: its input, and its FFN's input
+    LN_attn(x + O(ctx)), from the dense O's output (a target already captured)."""
+    x = torch.cat([x[m] for x, _, m in inputs])
+    return {"q": x, "ffn_in": parts.attn_ln(x + targets["o"])}
 
 
 @torch.no_grad()
@@ -314,13 +317,6 @@ def _next_inputs(parts, flow: dict, inputs) -> list:
         out.append((x, attn, m))
         i += n
     return out
-
-
-def _activation(adapter, config):
-    from transformers.activations import get_activation
-
-    act = getattr(config, adapter.act_attr)
-    return get_activation(act) if isinstance(act, str) else act
 
 
 @torch.no_grad()
