@@ -433,10 +433,11 @@ def test_compensation_is_each_linears_least_squares_on_the_compensated_models_in
     X, Y = capture(pruned, "input"), capture(dense, "output")
     worst = 0.0
     for n, mask in masks.items():
-        W, b = pruned.get_parameter(n).double(), pruned.get_parameter(n.replace(".weight", ".bias")).double()
+        W = pruned.get_parameter(n).detach().double()
+        b = pruned.get_parameter(n.replace(".weight", ".bias")).detach().double()
         w0 = torch.cat(
             [dense.get_parameter(n), dense.get_parameter(n.replace(".weight", ".bias"))[:, None]], 1
-        )
+        ).detach()
         A = torch.cat([X[n], torch.ones(len(X[n]), 1, dtype=torch.float64)], 1)
         lam = 1e-2 * float(X[n].square().sum(0).mean())  # compensate's ridge weight at damp 1e-2
         assert float(W[mask == 0].abs().max()) == 0.0
