@@ -47,7 +47,7 @@ from torch import nn
 from ..adapters import adapter_for, prunable_names
 from ..errors import PgbertError
 from ..stages.allocation import LatencyInfeasible
-from ..stages.compensation import layer_inputs, run_layer
+from ..stages.compensation import layer_inputs, run_layer, valid_tokens
 from ..stages.importance import fisher_and_units
 from ..training import apply_masks
 from .base import Calibration, Method, Selection
@@ -285,7 +285,7 @@ def rescale(
         kh = torch.nonzero(keep[li]["head"])[:, 0].tolist()
         if kh and li != 0:
             _, s = run_layer(s_layers[li], xs, {"o": sp.o}, "input", stop=True)
-            xt_tok, xs_tok = (torch.cat([x[m] for x, _, m in inp]) for inp in (xt, xs))
+            xt_tok, xs_tok = valid_tokens(xt), valid_tokens(xs)
             target = t["o"] @ tp.o.weight.T + tp.o.bias + xt_tok
             ata, atb = attention_lstsq(s["o"], xs_tok, target, sp.o.weight, sp.o.bias, kh, hd)
             m, ok = lsmr_from_one(ata, atb)

@@ -124,6 +124,11 @@ def layer_inputs(model: nn.Module, batches: list[dict]) -> list[tuple[torch.Tens
     return [(x, m, batch["attention_mask"].bool()) for (x, m), batch in zip(out, batches)]
 
 
+def valid_tokens(inputs) -> torch.Tensor:
+    """The hidden states of `layer_inputs`-shaped inputs on their valid (non-padding) tokens, stacked."""
+    return torch.cat([x[m] for x, _, m in inputs])
+
+
 def run_layer(layer, inputs, capture: dict[str, nn.Module], what: str, stop: bool = False):
     """Run one layer over all batches; return next hidden states and captured linear inputs or outputs
     (valid tokens only). stop=True (inputs only): each batch runs only until every captured module has
@@ -204,7 +209,7 @@ def compensate(
             res = [_residuals(x, t, dparts) for x, (_, t) in zip(d_in, outs)]
         # the pruned layer's linear inputs on valid tokens, per token set, each computed once its stage
         # starts (after the stage before it was compensated)
-        flows = [{"q": torch.cat([x[m] for x, _, m in xs])} for xs in p_in]
+        flows = [{"q": valid_tokens(xs)} for xs in p_in]
         for stage in stages:
             k0 = stage[0]
             for f, xs in zip(flows, p_in):
@@ -286,7 +291,7 @@ RESIDUAL_OF = {"o": "q", "ffn_out": "ffn_in"}  # O adds to the layer input (Q's 
 def _residuals(inputs, targets: dict, parts) -> dict[str, torch.Tensor]:
     """The dense layer's residual streams on valid tokens: its input, and its FFN's input
     LN_attn(x + O(ctx)), from the dense O's output (a target already captured)."""
-    x = torch.cat([x[m] for x, _, m in inputs])
+    x = valid_tokens(inputs)
     return {"q": x, "ffn_in": parts.attn_ln(x + targets["o"])}
 
 
