@@ -11,6 +11,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   no-drop-check   sublayers drop where the knapsack's second-order price says so, unmeasured
   steps-T         importance estimated T times (T = 1, PGB's default: once, on the dense model)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
+  damp-D          compensation's ridge weight D x the mean squared input (PGB's default: 0.01)
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
@@ -55,6 +56,9 @@ VARIANTS = {
     "steps-3": {"importance_steps": 3},
     "steps-4": {"importance_steps": 4},
     "residual-target": {"compensation_target": "residual"},
+    "damp-0.001": {"compensation_damp": 1e-3},
+    "damp-0.1": {"compensation_damp": 1e-1},
+    "damp-1": {"compensation_damp": 1.0},
     "grouped-only": {"submatrix": False},
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},

@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear: each linear's dense output; residual: O and FFN-out also absorb the residual's error",
     )
     p.add_argument(
+        "--compensation-damp",
+        type=float,
+        default=1e-2,
+        help="ridge weight pulling each refit toward the dense weights, times the mean squared input",
+    )
+    p.add_argument(
         "--attention",
         choices=["heads", "blocks"],
         default="heads",
@@ -349,6 +355,7 @@ def run(argv: list[str] | None = None) -> int:
             drop_check_se=a.drop_check_se,
             importance_steps=a.importance_steps,
             compensation_target=a.compensation_target,
+            compensation_damp=a.compensation_damp,
             attention=a.attention,
             finetune_epochs=a.finetune_epochs,
             kd=a.kd,

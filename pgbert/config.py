@@ -33,6 +33,8 @@ class PruneConfig:
     fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     compensate: bool = True
     compensation_target: str = "linear"  # "linear": each linear's dense output | "residual": + residual error
+    # the ridge weight pulling each refit toward the dense weights, times the mean squared input
+    compensation_damp: float = 1e-2
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
     attention: str = "heads"  # "heads": keep whole heads | "blocks": Q/K and V/O pair blocks (dims)
@@ -95,6 +97,8 @@ class PruneConfig:
             raise PgbertError(
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
+        if not self.compensation_damp > 0:
+            raise PgbertError(f"--compensation-damp must be above 0, got {self.compensation_damp}")
         if self.drop_check_se < 0:
             raise PgbertError(f"--drop-check-se must be 0 or more, got {self.drop_check_se}")
         if self.importance_steps < 1:

@@ -152,6 +152,7 @@ def test_finetune_then_evaluate_cli(save_tiny, tmp_path, files, capsys):
         (["--method", "kwon"], "give a budget: --sparsity S"),
         (["--method", "kwon", "--flops-ratio", "1.2"], "--flops-ratio must be in (0, 1)"),
         (["--sparsity", "0.5", "--importance-steps", "0"], "--importance-steps must be at least 1, got 0"),
+        (["--sparsity", "0.5", "--compensation-damp", "0"], "--compensation-damp must be above 0, got 0.0"),
     ],
 )
 def test_prune_method_and_budget_errors(save_tiny, tmp_path, files, capsys, extra, text):
@@ -230,10 +231,24 @@ def test_task_defaults_to_classification_with_files_and_validation_file_alias(ca
 @pytest.mark.parametrize(
     "flags,expect",
     [
-        ([], {"importance_steps": 1, "drop_check": True, "compensation_target": "linear"}),
         (
-            ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "residual"],
-            {"importance_steps": 2, "drop_check": False, "compensation_target": "residual"},
+            [],
+            {
+                "importance_steps": 1,
+                "drop_check": True,
+                "compensation_target": "linear",
+                "compensation_damp": 0.01,
+            },
+        ),
+        (
+            ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "residual"]
+            + ["--compensation-damp", "0.1"],
+            {
+                "importance_steps": 2,
+                "drop_check": False,
+                "compensation_target": "residual",
+                "compensation_damp": 0.1,
+            },
         ),
     ],
 )

@@ -358,6 +358,23 @@ def test_residual_target_fits_what_enters_the_layernorm(tokenizer):
     assert errors["residual"] < errors["linear"]
 
 
+def test_compensation_damp_reaches_the_refit(tokenizer, monkeypatch):
+    """--compensation-damp is the ridge weight toward the dense weights: a huge one leaves every kept weight
+    at its dense value; the default moves them. (A flat task loss, so the prefix guard keeps every layer.)"""
+    monkeypatch.setattr("pgbert.methods.pgb.task_loss", lambda model, batches: 0.0)
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+    moved = {}
+    for damp in (1e-2, 1e9):
+        pruned, masks, _ = prune_model(
+            dense, tokenizer, data, fast(0.75, drop_check=False, compensation_damp=damp)
+        )
+        dw = dict(dense.named_parameters())
+        moved[damp] = max(
+            float((p - dw[n] * masks[n]).abs().max()) for n, p in pruned.named_parameters() if n in masks
+        )
+    assert moved[1e9] < 1e-5 < 1e-3 < moved[1e-2], moved
+
+
 def test_compensation_without_check_refits_every_layer(tokenizer):
     """check=None (the drop check's quick measure): no held-out guard, every layer keeps its refit, and
     the refit lowers the error on the fit tokens of every linear that keeps weights."""

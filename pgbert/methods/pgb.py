@@ -131,6 +131,7 @@ class PGB(Method):
             calib.fit,
             calib.check,
             task_loss,
+            damp=cfg.compensation_damp,
             quiet=cfg.quiet,
             target=cfg.compensation_target,
         )
@@ -147,7 +148,16 @@ def drop_measure(dense: nn.Module, calib: Calibration, cfg):
         pruned = copy.deepcopy(dense)
         apply_masks(pruned, masks)
         if cfg.compensate:
-            compensate(dense, pruned, masks, fit, None, task_loss, target=cfg.compensation_target)
+            compensate(
+                dense,
+                pruned,
+                masks,
+                fit,
+                None,
+                task_loss,
+                cfg.compensation_damp,
+                target=cfg.compensation_target,
+            )
         return example_losses(pruned, calib.check)
 
     return measure

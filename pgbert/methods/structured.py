@@ -120,4 +120,13 @@ class StructuredFisher(Method):
     def update(self, dense, pruned, sel: Selection, units, calib: Calibration, cfg) -> dict:
         if not cfg.compensate:
             return {}
-        return compensate(dense, pruned, sel.masks, calib.fit, calib.check, task_loss, quiet=cfg.quiet)
+        return compensate(
+            dense,
+            pruned,
+            sel.masks,
+            calib.fit,
+            calib.check,
+            task_loss,
+            cfg.compensation_damp,
+            quiet=cfg.quiet,
+        )
