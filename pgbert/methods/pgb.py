@@ -155,7 +155,7 @@ def drop_measure(dense: nn.Module, calib: Calibration, cfg):
                 fit,
                 None,
                 task_loss,
-                cfg.compensation_damp,
+                damp=cfg.compensation_damp,
                 target=cfg.compensation_target,
             )
         return example_losses(pruned, calib.check)

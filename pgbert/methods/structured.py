@@ -127,6 +127,6 @@ class StructuredFisher(Method):
             calib.fit,
             calib.check,
             task_loss,
-            cfg.compensation_damp,
+            damp=cfg.compensation_damp,
             quiet=cfg.quiet,
         )
