@@ -361,7 +361,7 @@ def test_residual_target_fits_what_enters_the_layernorm(tokenizer):
 def test_compensation_damp_reaches_the_refit(tokenizer, monkeypatch):
     """--compensation-damp is the ridge weight toward the dense weights: a huge one leaves every kept weight
     at its dense value; the default moves them. (A flat task loss, so the prefix guard keeps every layer.)"""
-    monkeypatch.setattr("pgbert.methods.pgb.task_loss", lambda model, batches: 0.0)
+    monkeypatch.setattr("pgbert.methods.base.task_loss", lambda model, batches: 0.0)
     data, dense = sentiment(), tiny_model("bert", tokenizer)
     moved = {}
     for damp in (1e-2, 1e9):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import PgbertError
+from ..stages.compensation import compensate, task_loss
 
 
 @dataclass
@@ -66,3 +67,23 @@ class Method:
         self, dense: nn.Module, pruned: nn.Module, sel: Selection, scores: Any, calib: Calibration, cfg
     ) -> dict:
         return {}
+
+
+def least_squares_update(
+    dense, pruned, sel: Selection, calib: Calibration, cfg, target: str = "linear"
+) -> dict:
+    """Stage 5 of the methods that compensate (PGB, structured Fisher): ridge least squares on the fit
+    batches, guarded by the held-out task loss on the check batches (nothing when cfg.compensate is off)."""
+    if not cfg.compensate:
+        return {}
+    return compensate(
+        dense,
+        pruned,
+        sel.masks,
+        calib.fit,
+        calib.check,
+        task_loss,
+        damp=cfg.compensation_damp,
+        quiet=cfg.quiet,
+        target=target,
+    )

@@ -22,7 +22,7 @@ from ..stages.importance import (
     unit_calibrate,
 )
 from ..training import apply_masks
-from .base import Calibration, Method, Selection
+from .base import Calibration, Method, Selection, least_squares_update
 from .latency import LatencyBudget
 
 
@@ -122,19 +122,7 @@ class PGB(Method):
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
         """Stage 5: least-squares compensation, guarded by the held-out task loss."""
-        if not cfg.compensate:
-            return {}
-        return compensate(
-            dense,
-            pruned,
-            sel.masks,
-            calib.fit,
-            calib.check,
-            task_loss,
-            damp=cfg.compensation_damp,
-            quiet=cfg.quiet,
-            target=cfg.compensation_target,
-        )
+        return least_squares_update(dense, pruned, sel, calib, cfg, target=cfg.compensation_target)
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):

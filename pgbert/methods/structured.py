@@ -14,9 +14,8 @@ import torch
 from torch import nn
 
 from ..adapters import adapter_for, prunable_names
-from ..stages.compensation import compensate, task_loss
 from ..stages.importance import fisher_and_units
-from .base import Calibration, Method, Selection
+from .base import Calibration, Method, Selection, least_squares_update
 from .latency import LatencyBudget, units_ms
 
 
@@ -118,15 +117,4 @@ class StructuredFisher(Method):
         return Selection(unit_masks_to_weight_masks(dense, names, keep), {"keep": keep}, report)
 
     def update(self, dense, pruned, sel: Selection, units, calib: Calibration, cfg) -> dict:
-        if not cfg.compensate:
-            return {}
-        return compensate(
-            dense,
-            pruned,
-            sel.masks,
-            calib.fit,
-            calib.check,
-            task_loss,
-            damp=cfg.compensation_damp,
-            quiet=cfg.quiet,
-        )
+        return least_squares_update(dense, pruned, sel, calib, cfg)
