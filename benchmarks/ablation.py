@@ -18,6 +18,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
+  lr-X            re-finetune at peak learning rate X (`--lr X`; 5e-5 by default; only with --finetune-epochs)
   compensate-512  compensation fits on the first 512 calibration examples (PGB's default: all of them)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
@@ -65,8 +66,11 @@ VARIANTS = {
     "ffn-eighths": {"ffn_steps": 8},
     "full-width": {"free_widths": False},
     "kd": {"kd": True},
+    "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; PGB's default: 5e-5)
+    "lr-2e-4": {"lr": 2e-4},
     "compensate-512": {"compensation_samples": 512},
 }
+TRAINING_ONLY = ("kd", "lr-1e-4", "lr-2e-4")  # variants that change only the re-finetune
 
 
 def main() -> None:
@@ -136,7 +140,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     rows = []
     for b in budgets(a):
         for v in a.variants:
-            if (v == "uniform" and "speedup" in b) or (v == "kd" and not a.finetune_epochs):
+            if (v == "uniform" and "speedup" in b) or (v in TRAINING_ONLY and not a.finetune_epochs):
                 continue
             cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
