@@ -409,3 +409,36 @@ def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
     # ended on their best check
     assert "| pgb | s=0.88 | 0.8233 | 0.8167 | +0.7 | 1-2-0, p 0.42 | 2 of 3 |" in text
     assert "kwon" not in text
+
+
+def test_prune_runs_pairs_kept_and_last_checks_by_seed(tmp_path, monkeypatch, capsys):
+    """benchmarks/prune_runs.py: each run's kept and last dev checks minus the reference run's of the same seed."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import prune_runs
+
+    def run(name, seed, lr, checks, kept):
+        d = tmp_path / name
+        d.mkdir()
+        metrics = {
+            "pruned": {"accuracy": 0.7},
+            "finetuned": {"accuracy": kept},
+            "finetune_history": [{"step": i, "accuracy": c} for i, c in enumerate(checks)],
+        }
+        rep = {"config": {"seed": seed, "lr": lr}, "metrics": metrics, "timings_s": {"finetune": 10.0}}
+        (d / "report.json").write_text(json.dumps(rep))
+        return str(d)
+
+    new = [run("n0", 0, 1e-4, [0.80, 0.84], 0.84), run("n1", 1, 1e-4, [0.83, 0.81], 0.83)]
+    ref = [run("r1", 1, 5e-5, [0.82, 0.82], 0.82), run("r0", 0, 5e-5, [0.85, 0.80], 0.85)]
+    monkeypatch.setattr(sys, "argv", ["prune_runs.py", *new, "--paired", *ref])
+    prune_runs.main()
+    out = capsys.readouterr().out
+    # seed 0: kept 0.84 - 0.85, last 0.84 - 0.80; seed 1: kept 0.83 - 0.82, last 0.81 - 0.82
+    assert "| 0 | 0.0001 | 0.700 | 0.800 / 0.840 | 0.840 | 0.840 | -1.0 / +4.0 | 10 |" in out
+    assert "| 1 | 0.0001 | 0.700 | 0.830 / 0.810 | 0.830 | 0.810 | +1.0 / -1.0 | 10 |" in out
+    assert "mean kept: 0.8350  minus ref +0.00 points (1-0-1)" in out
+    assert "mean last: 0.8250  minus ref +1.50 points (1-0-1)" in out

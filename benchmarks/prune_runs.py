@@ -1,0 +1,62 @@
+"""Tabulate `pgbert prune` run folders: one-shot, every dev check of the re-finetune (the last at the end of training), the kept (best) check and
+the last, from each folder's report.json; with --paired REF, each run's kept and last checks minus REF's,
+matched by seed (the runs' config.seed).
+
+    python benchmarks/prune_runs.py runs/pgb088-2epkd-lr1e-4-s{0,1,2} --paired runs/pgb088-2epkd-s{0,1,2}
+"""
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def row(folder: str) -> dict:
+    r = json.loads((Path(folder) / "report.json").read_text())
+    m = r["metrics"]
+    metric = next(k for k in ("accuracy", "pearson", "f1") if k in m["pruned"])  # the task's main metric
+    hist = [h[metric] for h in m.get("finetune_history", [])]
+    return {
+        "run": folder,
+        "seed": r["config"]["seed"],
+        "lr": r["config"]["lr"],
+        "oneshot": m["pruned"][metric],
+        "checks": hist,
+        "kept": m["finetuned"][metric] if "finetuned" in m else None,
+        "last": hist[-1] if hist else None,
+        "finetune_s": r["timings_s"].get("finetune"),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--paired", nargs="+", default=[], help="reference runs, matched by seed")
+    a = p.parse_args()
+    rows, refs = [row(f) for f in a.runs], {r["seed"]: r for r in map(row, a.paired)}
+    print(
+        "| run | seed | lr | one shot | dev checks | kept | last | minus ref: kept / last | re-finetune s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = refs.get(r["seed"])
+        diff = (
+            f"{100 * (r['kept'] - ref['kept']):+.1f} / {100 * (r['last'] - ref['last']):+.1f}" if ref else ""
+        )
+        checks = " / ".join(f"{c:.3f}" for c in r["checks"])
+        print(
+            f"| {r['run']} | {r['seed']} | {r['lr']:g} | {r['oneshot']:.3f} | {checks} | {r['kept']:.3f} "
+            f"| {r['last']:.3f} | {diff} | {r['finetune_s']:.0f} |"
+        )
+    for key in ("oneshot", "kept", "last"):
+        vals = [r[key] for r in rows]
+        line = f"mean {key}: {statistics.mean(vals):.4f}"
+        paired = [r[key] - refs[r["seed"]][key] for r in rows if r["seed"] in refs and key != "oneshot"]
+        if paired:
+            wins = sum(d > 0 for d in paired), sum(d == 0 for d in paired), sum(d < 0 for d in paired)
+            line += f"  minus ref {100 * statistics.mean(paired):+.2f} points ({wins[0]}-{wins[1]}-{wins[2]})"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
