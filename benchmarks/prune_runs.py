@@ -8,22 +8,31 @@ matched by seed (the runs' config.seed).
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+from pgbert.tasks import get_task
 
 
 def row(folder: str) -> dict:
     r = json.loads((Path(folder) / "report.json").read_text())
     m = r["metrics"]
-    metric = next(k for k in ("accuracy", "pearson", "f1") if k in m["pruned"])  # the task's main metric
+    metric = get_task(r["task"]).main_metric
     hist = [h[metric] for h in m.get("finetune_history", [])]
+    if not hist:
+        print(
+            f"error: {folder} was not re-finetuned (--finetune-epochs 0): list re-finetuned runs only",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     return {
         "run": folder,
         "seed": r["config"]["seed"],
         "lr": r["config"]["lr"],
         "oneshot": m["pruned"][metric],
         "checks": hist,
-        "kept": m["finetuned"][metric] if "finetuned" in m else None,
-        "last": hist[-1] if hist else None,
+        "kept": m["finetuned"][metric],
+        "last": hist[-1],
         "finetune_s": r["timings_s"].get("finetune"),
     }
 

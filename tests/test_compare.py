@@ -428,7 +428,8 @@ def test_prune_runs_pairs_kept_and_last_checks_by_seed(tmp_path, monkeypatch, ca
             "finetuned": {"accuracy": kept},
             "finetune_history": [{"step": i, "accuracy": c} for i, c in enumerate(checks)],
         }
-        rep = {"config": {"seed": seed, "lr": lr}, "metrics": metrics, "timings_s": {"finetune": 10.0}}
+        rep = {"task": "rt-sentiment", "config": {"seed": seed, "lr": lr}, "metrics": metrics}
+        rep["timings_s"] = {"finetune": 10.0}
         (d / "report.json").write_text(json.dumps(rep))
         return str(d)
 
