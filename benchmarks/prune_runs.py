@@ -1,6 +1,6 @@
-"""Tabulate `pgbert prune` run folders: one-shot, every dev check of the re-finetune (the last at the end of training), the kept (best) check and
-the last, from each folder's report.json; with --paired REF, each run's kept and last checks minus REF's,
-matched by seed (the runs' config.seed).
+"""Tabulate `pgbert prune` run folders from their report.json: one shot, every dev check of the re-finetune
+(the last at the end of training), the kept (best) check and the last; with --paired REF, each run's kept and
+last checks minus REF's, matched by seed (the runs' config.seed), with wins-ties-losses and a paired t-test.
 
     python benchmarks/prune_runs.py runs/pgb088-2epkd-lr1e-4-s{0,1,2} --paired runs/pgb088-2epkd-s{0,1,2}
 """
@@ -11,6 +11,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from pgbert.comparison import paired, record
 from pgbert.tasks import get_task
 
 
@@ -58,13 +59,20 @@ def main() -> None:
             f"| {r['last']:.3f} | {diff} | {r['finetune_s']:.0f} |"
         )
     for key in ("oneshot", "kept", "last"):
-        vals = [r[key] for r in rows]
-        line = f"mean {key}: {statistics.mean(vals):.4f}"
-        paired = [r[key] - refs[r["seed"]][key] for r in rows if r["seed"] in refs and key != "oneshot"]
-        if paired:
-            wins = sum(d > 0 for d in paired), sum(d == 0 for d in paired), sum(d < 0 for d in paired)
-            line += f"  minus ref {100 * statistics.mean(paired):+.2f} points ({wins[0]}-{wins[1]}-{wins[2]})"
+        line = f"mean {key}: {statistics.mean(r[key] for r in rows):.4f}"
+        if refs and key != "oneshot":
+            pair = paired(_as_compare_rows(rows, refs, key), ref="run", against=("ref",))[0]
+            line += f"  minus ref {100 * pair['finetuned']:+.2f} points ({record(pair, 'finetuned')})"
         print(line)
+
+
+def _as_compare_rows(rows: list[dict], refs: dict, key: str) -> list[dict]:
+    """Runs and references as compare rows of methods "run" and "ref" whose re-finetuned value is key."""
+    both = [("run", r) for r in rows] + [("ref", r) for r in refs.values()]
+    return [
+        {"method": m, "seed": r["seed"], "sparsity": 0.0, "oneshot": r["oneshot"], "finetuned": r[key]}
+        for m, r in both
+    ]
 
 
 if __name__ == "__main__":
