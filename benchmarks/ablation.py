@@ -70,7 +70,8 @@ VARIANTS = {
     "lr-2e-4": {"lr": 2e-4},
     "compensate-512": {"compensation_samples": 512},
 }
-TRAINING_ONLY = ("kd", "lr-1e-4", "lr-2e-4")  # variants that change only the re-finetune
+# variants that change only the re-finetune (nothing to measure without --finetune-epochs)
+TRAINING_ONLY = {v for v, change in VARIANTS.items() if change and set(change) <= {"kd", "lr"}}
 
 
 def main() -> None:

@@ -60,8 +60,10 @@ def main() -> None:
         )
     for key in ("oneshot", "kept", "last"):
         line = f"mean {key}: {statistics.mean(r[key] for r in rows):.4f}"
-        if refs and key != "oneshot":
-            pair = paired(_as_compare_rows(rows, refs, key), ref="run", against=("ref",))[0]
+        pairs = (
+            paired(_as_compare_rows(rows, refs, key), ref="run", against=("ref",)) if key != "oneshot" else []
+        )
+        for pair in pairs:  # none where no reference shares a run's seed
             line += f"  minus ref {100 * pair['finetuned']:+.2f} points ({record(pair, 'finetuned')})"
         print(line)
 
