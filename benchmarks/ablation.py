@@ -12,6 +12,8 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   steps-T         importance estimated T times (T = 1, PGB's default: once, on the dense model)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   damp-D          compensation's ridge weight D x the mean squared input (PGB's default: 0.01)
+  head-tokens     the last layer's Q, O and FFN fit only the first token, the one the head reads
+  all-tokens      every linear fits every token
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
   raw-fisher      summed single-weight saliency W^2 F (no unit calibration)
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
@@ -19,6 +21,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
   lr-X            re-finetune at peak learning rate X (`--lr X`; 5e-5 by default; only with --finetune-epochs)
+                  (kd and lr-X re-finetune a copy of full's one-shot model: selection and compensation once)
   compensate-512  compensation fits on the first 512 calibration examples (PGB's default: all of them)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
@@ -32,6 +35,7 @@ sparsities (`pgbert prune --speedup`); "uniform" has no speed budget and is skip
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import time
@@ -41,7 +45,7 @@ import task_model
 
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
-from pgbert.pipeline import calibrate, fit_batches, prune_model
+from pgbert.pipeline import calibrate, fit_batches, prune_model, refinetune
 from pgbert.training import evaluate
 
 VARIANTS = {
@@ -60,6 +64,8 @@ VARIANTS = {
     "damp-0.001": {"compensation_damp": 1e-3},
     "damp-0.1": {"compensation_damp": 1e-1},
     "damp-1": {"compensation_damp": 1.0},
+    "head-tokens": {"compensation_tokens": "head"},
+    "all-tokens": {"compensation_tokens": "all"},
     "grouped-only": {"submatrix": False},
     "raw-fisher": {"unit_fisher": False},
     "dim-attention": {"attention": "blocks"},
@@ -125,8 +131,9 @@ def kept_speedup(lat: dict | None) -> float | None:
 
 
 def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
-    """Every variant at every budget through pipeline.prune_model (no re-finetuning), sharing the
-    calibration draw and, between variants that score alike, the importance."""
+    """Every variant at every budget through pipeline.prune_model, then re-finetuned as `pgbert prune`
+    does when --finetune-epochs is set, sharing the calibration draw, between variants that score alike the
+    importance, and between full and the training-only variants the one-shot model."""
     base = PruneConfig(
         **budgets(a)[0],
         threads=a.threads,
@@ -138,24 +145,35 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     calib = calibrate(data, tok, dense, base, "shuffle")
     dense_metrics = evaluate(dense, tok, data)
     cache: dict = {}
+
+    def one_shot(cfg: PruneConfig):
+        cal = replace(calib, fit=fit_batches(data, calib.examples, tok, dense, cfg))  # compensate-512
+        key = (cfg.importance, cfg.unit_fisher)
+        if key not in cache:
+            t = time.perf_counter()
+            cache[key] = (get_method(cfg.method).importance(dense, cal, cfg), time.perf_counter() - t)
+            print(f"seed {seed}: importance {key} on {len(calib.examples)} examples: {cache[key][1]:.0f}s")
+        return prune_model(
+            dense, tok, data, replace(cfg, finetune_epochs=0.0), cal, cache[key], dense_metrics
+        )
+
     rows = []
     for b in budgets(a):
+        full = None  # full's one-shot (model, masks, report), shared with the training-only variants
         for v in a.variants:
             if (v == "uniform" and "speedup" in b) or (v in TRAINING_ONLY and not a.finetune_epochs):
                 continue
             cfg = replace(base, **b, **VARIANTS[v])
             if v == "uniform":
                 cfg = replace(cfg, fixed_groups=round(1 / (1 - b["sparsity"])))
-            cal = replace(calib, fit=fit_batches(data, calib.examples, tok, dense, cfg))  # compensate-512
-            key = (cfg.importance, cfg.unit_fisher)
-            if key not in cache:
-                t = time.perf_counter()
-                cache[key] = (get_method(cfg.method).importance(dense, cal, cfg), time.perf_counter() - t)
-                print(
-                    f"seed {seed}: importance {key} on {len(calib.examples)} examples: {cache[key][1]:.0f}s"
-                )
             t = time.perf_counter()
-            _, _, rep = prune_model(dense, tok, data, cfg, cal, cache[key], dense_metrics)
+            if v in TRAINING_ONLY or v == "full":
+                full = full or one_shot(replace(base, **b))
+                pruned, masks, rep = copy.deepcopy(full)
+            else:
+                pruned, masks, rep = one_shot(cfg)
+            if a.finetune_epochs:
+                rep["metrics"].update(refinetune(pruned, masks, dense, tok, data, cfg)[1])
             m = rep["metrics"]
             row = {
                 "seed": seed,
@@ -170,8 +188,8 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
                 "drop_checks": rep.get("drop_checks", []),
-                "prune_seconds": sum(rep["timings_s"].values()),
-                "seconds": time.perf_counter() - t,
+                "prune_seconds": sum(rep["timings_s"].values()),  # stages 1-5
+                "seconds": time.perf_counter() - t,  # training-only variants: their re-finetune alone
             }
             rows.append(row)
             print(

@@ -143,20 +143,8 @@ def prune_model(
 
     t = time.perf_counter()  # 6. re-finetuning with the masks held fixed
     if cfg.finetune_epochs > 0:
-        tcfg = TrainConfig(
-            epochs=cfg.finetune_epochs,
-            lr=cfg.lr,
-            batch_size=cfg.batch_size,
-            max_seq_length=cfg.max_seq_length,
-            seed=cfg.seed,
-            quiet=cfg.quiet,
-            eval_steps=_eval_steps(len(data.train), cfg),
-            kd_alpha=cfg.kd_alpha if cfg.kd else 0.0,
-        )
-        teacher = dense if cfg.kd else None
-        pruned, hist = finetune(pruned, tokenizer, data, tcfg, masks=sel.masks, teacher=teacher)
-        metrics["finetuned"] = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
-        metrics["finetune_history"] = hist["evals"]
+        pruned, tuned = refinetune(pruned, sel.masks, dense, tokenizer, data, cfg)
+        metrics.update(tuned)
     timings["finetune"] = time.perf_counter() - t
 
     report = build_report(dense, pruned, names, sel, cfg, calib.dev_seq_len)
@@ -171,6 +159,26 @@ def prune_model(
         },
     )
     return pruned, sel.masks, report
+
+
+def refinetune(
+    pruned: nn.Module, masks: dict, dense: nn.Module, tokenizer, data: TaskData, cfg: PruneConfig
+) -> tuple[nn.Module, dict]:
+    """Stage 6: re-finetune the pruned model with its masks held fixed (distilling from the dense model
+    with cfg.kd). Returns the model and its metrics ("finetuned", "finetune_history")."""
+    tcfg = TrainConfig(
+        epochs=cfg.finetune_epochs,
+        lr=cfg.lr,
+        batch_size=cfg.batch_size,
+        max_seq_length=cfg.max_seq_length,
+        seed=cfg.seed,
+        quiet=cfg.quiet,
+        eval_steps=_eval_steps(len(data.train), cfg),
+        kd_alpha=cfg.kd_alpha if cfg.kd else 0.0,
+    )
+    pruned, hist = finetune(pruned, tokenizer, data, tcfg, masks=masks, teacher=dense if cfg.kd else None)
+    metrics = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
+    return pruned, {"finetuned": metrics, "finetune_history": hist["evals"]}
 
 
 def _eval_steps(n_train: int, cfg: PruneConfig) -> int:

@@ -443,3 +443,59 @@ def test_prune_runs_pairs_kept_and_last_checks_by_seed(tmp_path, monkeypatch, ca
     assert "| 1 | 0.0001 | 0.700 | 0.830 / 0.810 | 0.830 | 0.810 | +1.0 / -1.0 | 10 |" in out
     assert "mean kept: 0.8350  minus ref +0.00 points (1-0-1)" in out
     assert "mean last: 0.8250  minus ref +1.50 points (1-0-1)" in out
+
+
+def test_ablation_rows_match_pgbert_prune_and_training_only_variants_reuse_fulls_one_shot(
+    tokenizer, monkeypatch
+):
+    """benchmarks/ablation.py: every row (one shot and re-finetuned) is what prune_model gives for that
+    variant's options, also for the training-only variants, which re-finetune a copy of full's one-shot model
+    instead of redoing selection and compensation."""
+    import argparse
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from pgbert.pipeline import prune_model
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import ablation
+
+    def example(r, i):
+        return {"text": r["text"], "text_pair": "x", "label": 4.0 * r["label"] + (i % 7) / 7}
+
+    rows = sentiment_rows(150)
+    data = TaskData(
+        get_task("stsb"),
+        [example(r, i) for i, r in enumerate(rows)],
+        {"dev": [example(r, i) for i, r in enumerate(rows[:40])]},
+        None,
+        "s",
+    )
+    dense = tiny_model("bert", tokenizer, num_labels=1)
+    dense.config.problem_type = "regression"
+    a = argparse.Namespace(
+        sparsity=[0.5],
+        speedup=None,
+        threads=0,
+        calib_samples=96,
+        finetune_epochs=0.5,
+        variants=["lr-1e-4", "full", "no-compensation"],
+    )
+    calls = []
+    monkeypatch.setattr(ablation, "prune_model", lambda *args: calls.append(args[3]) or prune_model(*args))
+    got = {r["variant"]: r for r in ablation.run_seed(dense, tokenizer, data, a, seed=1)}
+    assert [c.compensate for c in calls] == [
+        True,
+        False,
+    ]  # full's one shot (lr-1e-4 shares it), no-compensation
+    for v in a.variants:
+        cfg = PruneConfig(sparsity=0.5, calib_samples=96, quiet=True, seed=1, finetune_epochs=0.5)
+        _, _, rep = prune_model(dense, tokenizer, data, replace(cfg, **ablation.VARIANTS[v]))
+        m = rep["metrics"]
+        assert (got[v]["oneshot"], got[v]["finetuned"]) == (
+            m["pruned"]["pearson"],
+            m["finetuned"]["pearson"],
+        ), v
+    assert got["lr-1e-4"]["oneshot"] == got["full"]["oneshot"] != got["no-compensation"]["oneshot"]
+    assert got["lr-1e-4"]["finetuned"] != got["full"]["finetuned"]
