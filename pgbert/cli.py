@@ -196,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="linear: each linear's dense output; residual: O and FFN-out also absorb the residual's error",
     )
     p.add_argument(
+        "--compensation-tokens",
+        choices=["all", "head"],
+        default="all",
+        help="head: the last layer's Q, O and FFN fit only the first token, the one a classification or "
+        "regression head reads (extractive QA fits every token); all: every token",
+    )
+    p.add_argument(
         "--compensation-damp",
         type=float,
         default=1e-2,
@@ -355,6 +362,7 @@ def run(argv: list[str] | None = None) -> int:
             drop_check_se=a.drop_check_se,
             importance_steps=a.importance_steps,
             compensation_target=a.compensation_target,
+            compensation_tokens=a.compensation_tokens,
             compensation_damp=a.compensation_damp,
             attention=a.attention,
             finetune_epochs=a.finetune_epochs,

@@ -35,6 +35,9 @@ class PruneConfig:
     compensation_target: str = "linear"  # "linear": each linear's dense output | "residual": + residual error
     # the ridge weight pulling each refit toward the dense weights, times the mean squared input
     compensation_damp: float = 1e-2
+    # "head": the last layer's Q, O and FFN fit only the first token, the one a sequence-level head reads
+    # (extractive QA always fits every token) | "all": every token
+    compensation_tokens: str = "all"
     pairing: bool = True  # decide Q/K, V/O and FFN-in/out index sets jointly (False: matrix by matrix)
     unit_fisher: bool = True  # price whole units (dims, neurons) by their mask Fisher (False: summed W^2 F)
     attention: str = "heads"  # "heads": keep whole heads | "blocks": Q/K and V/O pair blocks (dims)
@@ -97,6 +100,8 @@ class PruneConfig:
             raise PgbertError(
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
+        if self.compensation_tokens not in ("all", "head"):
+            raise PgbertError(f"--compensation-tokens must be all or head, got {self.compensation_tokens}")
         if not self.compensation_damp > 0:
             raise PgbertError(f"--compensation-damp must be above 0, got {self.compensation_damp}")
         if self.drop_check_se < 0:

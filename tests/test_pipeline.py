@@ -396,15 +396,18 @@ def test_compensation_without_check_refits_every_layer(tokenizer):
     assert kept and all(v["compensated"] and v["error_after"] < v["error_before"] for v in kept)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
-def test_compensation_is_each_linears_least_squares_on_the_compensated_models_inputs(tokenizer, family):
+@pytest.mark.parametrize("family,tokens", [("bert", "all"), ("distilbert", "all"), ("bert", "head")])
+def test_compensation_is_each_linears_least_squares_on_the_compensated_models_inputs(
+    tokenizer, family, tokens
+):
     """Layer by layer in forward order, every kept row of every linear holds the ridge least-squares fit
     (toward its dense weights) of the dense linear's output, over the row's kept columns and a bias, on that
-    linear's inputs in the compensated model (valid tokens); rows that keep nothing hold the mean target.
+    linear's inputs in the compensated model (valid tokens; with tokens="head", the last layer's Q, O,
+    FFN-in and FFN-out on each sequence's first token only); rows that keep nothing hold the mean target.
     Masks and tokens are random (Q, K and V keep different columns), solved here in float64."""
     import copy
 
-    from pgbert.stages.compensation import compensate
+    from pgbert.stages.compensation import HEAD_READ, compensate
     from pgbert.training import apply_masks
 
     dense = tiny_model(family, tokenizer)
@@ -431,7 +434,7 @@ def test_compensation_is_each_linears_least_squares_on_the_compensated_models_in
             masks[n] = (rows[k][:, None] & cols[None]).float()
     pruned = copy.deepcopy(dense)
     apply_masks(pruned, masks)
-    compensate(dense, pruned, masks, fit, None, task_loss, damp=1e-2)
+    compensate(dense, pruned, masks, fit, None, task_loss, damp=1e-2, tokens=tokens)
 
     def capture(model, what):
         got, tok, hooks = {n: [] for n in masks}, {}, []
@@ -450,6 +453,12 @@ def test_compensation_is_each_linears_least_squares_on_the_compensated_models_in
         return {n: torch.cat(v) for n, v in got.items()}
 
     X, Y = capture(pruned, "input"), capture(dense, "output")
+    if tokens == "head":
+        first = torch.cat([b["attention_mask"].bool() & (torch.arange(16) == 0) for b in fit])
+        first = first[torch.cat([b["attention_mask"].bool() for b in fit])]
+        for k, n in zip(MATRICES, prunable_names(dense)[-1]):
+            if k in HEAD_READ:
+                X[n], Y[n] = X[n][first], Y[n][first]
     worst = 0.0
     for n, mask in masks.items():
         W = pruned.get_parameter(n).detach().double()
@@ -521,3 +530,26 @@ def test_compensation_does_not_depend_on_how_tokens_are_batched(tokenizer):
     assert max(moved.values()) > 0.05  # compensation moved weights by up to 0.05-0.2 here; the two
     for n in masks:  # refits agree to float32 rounding (measured: at most 3e-5)
         assert float((models[0][n] - models[1][n]).detach().abs().max()) < 1e-4, n
+
+
+def test_head_tokens_reach_sequence_tasks_compensation_but_never_extractive_qas(tokenizer, tmp_path):
+    """compensation_tokens="head" reaches prune_model: a sequence-level task's last layer is fitted and
+    scored on first tokens (its held-out errors change; the layer before's do not), while extractive QA,
+    whose head reads every token, is compensated on all tokens either way (the same report)."""
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+
+    def errors(model, task, t):
+        rep = prune_model(model, tokenizer, task, fast(0.5, compensation_tokens=t))[2]["compensation"]
+        return {n: r["error_before"] for n, r in rep.items() if not n.startswith("_")}
+
+    got = {t: errors(dense, data, t) for t in ("all", "head")}
+    first, last = prunable_names(dense)
+    assert [got["all"][n] for n in first] == [got["head"][n] for n in first]
+    ffn_in = last[MATRICES.index("ffn_in")]
+    assert got["head"][ffn_in] != got["all"][ffn_in]  # measured on other tokens: 0.38 vs 0.71
+    (tmp_path / "tr.json").write_text(json.dumps(squad_json(80)))
+    qa_data = load_task(
+        "squad", DataOptions(train_file=str(tmp_path / "tr.json"), dev_file=str(tmp_path / "tr.json"))
+    )
+    qa = tiny_model("bert", tokenizer, qa=True)
+    assert errors(qa, qa_data, "head") == errors(qa, qa_data, "all")

@@ -86,4 +86,11 @@ def least_squares_update(
         damp=cfg.compensation_damp,
         quiet=cfg.quiet,
         target=target,
+        tokens=fit_tokens(cfg, calib),
     )
+
+
+def fit_tokens(cfg, calib: Calibration) -> str:
+    """The tokens compensation fits (cfg.compensation_tokens; every token for extractive QA, whose head
+    reads them all)."""
+    return "all" if calib.task_kind == "qa" else cfg.compensation_tokens

@@ -22,7 +22,7 @@ from ..stages.importance import (
     unit_calibrate,
 )
 from ..training import apply_masks
-from .base import Calibration, Method, Selection, least_squares_update
+from .base import Calibration, Method, Selection, fit_tokens, least_squares_update
 from .latency import LatencyBudget
 
 
@@ -145,6 +145,7 @@ def drop_measure(dense: nn.Module, calib: Calibration, cfg):
                 task_loss,
                 damp=cfg.compensation_damp,
                 target=cfg.compensation_target,
+                tokens=fit_tokens(cfg, calib),
             )
         return example_losses(pruned, calib.check)
 

@@ -174,6 +174,7 @@ def compensate(
     damp: float = 1e-2,
     quiet: bool = True,
     target: str = "linear",
+    tokens: str = "all",
 ) -> dict[str, dict]:
     """Compensate `pruned` (dense weights times masks) in place; returns per-matrix errors (relative
     squared error on held-out tokens, before and after), whether each layer kept its compensation and the
@@ -183,7 +184,14 @@ def compensate(
     target "linear": each linear fits the dense linear's output. "residual": O and FFN-out, whose outputs
     are added to the residual stream before a LayerNorm, fit the dense output plus the residual's error
     (dense residual - pruned residual), so the sum entering the LayerNorm matches the dense one (the
-    target Kwon et al.'s mask tuning fits)."""
+    target Kwon et al.'s mask tuning fits).
+
+    tokens "all": every linear fits every valid token. "head": in the last layer, Q, O, FFN-in and FFN-out fit
+    only each sequence's first token, the one a sequence-level head (pooler, classifier) reads: the model's
+    output depends on their other tokens not at all (K and V still fit every token, which the first attends
+    to). For extractive QA, which reads every token, pass "all"."""
+    if tokens not in ("all", "head"):
+        raise ValueError(f"tokens must be all or head, got {tokens}")
     adapter = adapter_for(dense.config)
     d_layers, p_layers = adapter.layers(dense), adapter.layers(pruned)
     prefix = {id(m): n for n, m in pruned.named_modules()}
@@ -210,6 +218,8 @@ def compensate(
         # the pruned layer's linear inputs on valid tokens, per token set, each computed once its stage
         # starts (after the stage before it was compensated)
         flows = [{"q": valid_tokens(xs)} for xs in p_in]
+        last = li == len(d_layers) - 1
+        heads = [_first_tokens(xs) for xs in p_in] if tokens == "head" and last else None
         for stage in stages:
             k0 = stage[0]
             for f, xs in zip(flows, p_in):
@@ -229,14 +239,16 @@ def compensate(
                 cols = torch.nonzero(mask.any(0))[:, 0]
                 cols = cols if cols.numel() else torch.zeros(1, dtype=torch.long)  # empty: bias only
                 stats = []
+                only_first = heads is not None and k in HEAD_READ
+                rows = [h if only_first else slice(None) for h in heads or [None] * len(xy)]
                 for i, (x, y) in enumerate(xy):
                     st = LinearStats(cols.numel(), lin.out_features)
-                    key = (i, tuple(cols.tolist()))
-                    st.add(x[k][:, cols], y[k], gram=grams.get(key))
+                    key = (i, only_first, tuple(cols.tolist()))
+                    st.add(x[k][rows[i]][:, cols], y[k][rows[i]], gram=grams.get(key))
                     grams[key] = st.gram
                     stats.append(st)
                 st_fit, st_chk = stats[0], stats[-1]
-                lam = damp * float(xy[0][0][k].square().sum(0).double().mean()) + 1e-8
+                lam = damp * float(xy[0][0][k][rows[0]].square().sum(0).double().mean()) + 1e-8
                 m, b = mask[:, cols], lin.bias.detach()
                 W = lin.weight.detach()[:, cols] * m
                 W2, b2 = solve_compensation(W, b, m, st_fit, lam=lam)
@@ -285,6 +297,17 @@ def compensate(
 
 
 RESIDUAL_OF = {"o": "q", "ffn_out": "ffn_in"}  # O adds to the layer input (Q's input), FFN-out to FFN-in's
+HEAD_READ = ("q", "o", "ffn_in", "ffn_out")  # the last layer's linears whose other tokens no head reads
+
+
+def _first_tokens(inputs) -> torch.Tensor:
+    """Which of `valid_tokens(inputs)` are their sequence's first token (position 0)."""
+    out = []
+    for _, _, m in inputs:
+        first = torch.zeros_like(m)
+        first[:, 0] = True
+        out.append(first[m])
+    return torch.cat(out)
 
 
 @torch.no_grad()
