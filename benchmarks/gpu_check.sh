@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-cuda}
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
-export PGBERT_CACHE_DIR="$out/cache"
+export PGBERT_CACHE_DIR="${PGBERT_CACHE_DIR:-$out/cache}"
 if [ "$mode" = cpu ]; then
   python benchmarks/speedup_targets.py --device cpu --dtype float32 --threads 2 --batch 4 --seq 64 \
     --speedup 2 --repeats 5 --json "$out/gpu-check-cpu.json"
