@@ -186,8 +186,9 @@ def compact_ffn(t: dict, act: str):
 
 @torch.no_grad()
 def compact_layer(parts, masks: dict[str, torch.Tensor], heads: int, act: str) -> tuple[dict, CompactLayer]:
+    # built on the CPU whatever device the pruned model is on (the caller moves the compact model)
     t = {
-        k: (parts.linear(k).weight.detach().float(), parts.linear(k).bias.detach().float(), masks[k].float())
+        k: tuple(x.detach().float().cpu() for x in (parts.linear(k).weight, parts.linear(k).bias, masks[k]))
         for k in MATRICES
     }
     attn_plan, attn_t = compact_attention(t, heads)
