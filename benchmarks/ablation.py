@@ -12,6 +12,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   steps-T         importance estimated T times (T = 1, PGB's default: once, on the dense model)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   damp-D          compensation's ridge weight D x the mean squared input (PGB's default: 0.01)
+  fisher-per-example  Fisher sums squared per-example gradients (PGB's default: per batch of 32)
   head-tokens     the last layer's Q, O and FFN fit only the first token, the one the head reads
   all-tokens      every linear fits every token
   grouped-only    no sub-matrix options (only G-groupings with k >= 2 blocks, dense, empty)
@@ -45,7 +46,7 @@ import task_model
 
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
-from pgbert.pipeline import calibrate, fit_batches, prune_model, refinetune
+from pgbert.pipeline import calibrate, fit_batches, importance_batches, prune_model, refinetune
 from pgbert.training import evaluate
 
 VARIANTS = {
@@ -64,6 +65,7 @@ VARIANTS = {
     "damp-0.001": {"compensation_damp": 1e-3},
     "damp-0.1": {"compensation_damp": 1e-1},
     "damp-1": {"compensation_damp": 1.0},
+    "fisher-per-example": {"fisher_batch_size": 1},
     "head-tokens": {"compensation_tokens": "head"},
     "all-tokens": {"compensation_tokens": "all"},
     "grouped-only": {"submatrix": False},
@@ -147,8 +149,12 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     cache: dict = {}
 
     def one_shot(cfg: PruneConfig):
-        cal = replace(calib, fit=fit_batches(data, calib.examples, tok, dense, cfg))  # compensate-512
-        key = (cfg.importance, cfg.unit_fisher)
+        cal = replace(
+            calib,
+            batches=importance_batches(data, calib.examples, tok, dense, cfg),  # fisher-per-example
+            fit=fit_batches(data, calib.examples, tok, dense, cfg),  # compensate-512
+        )
+        key = (cfg.importance, cfg.unit_fisher, cfg.fisher_batch_size)
         if key not in cache:
             t = time.perf_counter()
             cache[key] = (get_method(cfg.method).importance(dense, cal, cfg), time.perf_counter() - t)

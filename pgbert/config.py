@@ -25,6 +25,9 @@ class PruneConfig:
     method: str = "pgb"
     importance: str = "fisher"  # "fisher" | "magnitude"
     calib_samples: int = 2048
+    # examples per gradient in the Fisher sums (None: batch_size, as Kwon et al. sum squared batch gradients;
+    # 1: the per-example empirical Fisher)
+    fisher_batch_size: int | None = None
     # of the calibration examples, how many compensation fits on (None: all; 512 before session 14)
     compensation_samples: int | None = None
     check_samples: int = 256
@@ -100,6 +103,8 @@ class PruneConfig:
             raise PgbertError(
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
+        if self.fisher_batch_size is not None and self.fisher_batch_size < 1:
+            raise PgbertError(f"--fisher-batch-size must be at least 1, got {self.fisher_batch_size}")
         if self.compensation_tokens not in ("all", "head"):
             raise PgbertError(f"--compensation-tokens must be all or head, got {self.compensation_tokens}")
         if not self.compensation_damp > 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -49,12 +50,22 @@ def calibrate(data: TaskData, tokenizer, model: nn.Module, cfg: PruneConfig, sam
     check = (rest or calib)[: cfg.check_samples]
     return Calibration(
         examples=calib,
-        batches=batches_of(data, calib, tokenizer, model, cfg),
+        batches=importance_batches(data, calib, tokenizer, model, cfg),
         fit=fit_batches(data, calib, tokenizer, model, cfg),
         check=batches_of(data, check, tokenizer, model, cfg, by_length=True),
         check_examples=len(check),
         task_kind=data.spec.kind,
         dev_seq_len=dev_seq_len(data, tokenizer, cfg.max_seq_length),
+    )
+
+
+def importance_batches(
+    data: TaskData, examples: list[dict], tokenizer, model: nn.Module, cfg: PruneConfig
+) -> list[dict]:
+    """The batches the Fisher sums square gradients of: the drawn examples in order, cfg.fisher_batch_size
+    at a time (default: cfg.batch_size)."""
+    return batches_of(
+        data, examples, tokenizer, model, replace(cfg, batch_size=cfg.fisher_batch_size or cfg.batch_size)
     )
 
 

@@ -553,3 +553,28 @@ def test_head_tokens_reach_sequence_tasks_compensation_but_never_extractive_qas(
     )
     qa = tiny_model("bert", tokenizer, qa=True)
     assert errors(qa, qa_data, "head") == errors(qa, qa_data, "all")
+
+
+def test_fisher_batch_size_one_sums_squared_per_example_gradients(tokenizer):
+    """fisher_batch_size=1: the raw Fisher saliency is W^2 times the sum over the drawn examples of each
+    example's own squared gradient (the per-example empirical Fisher), computed here one example at a time;
+    the default sums squared gradients of batch means, which is not the same."""
+    from pgbert.stages.importance import fisher
+
+    data, dense = sentiment(), tiny_model("bert", tokenizer)
+    name = prunable_names(dense)[0][MATRICES.index("ffn_in")]
+    W = dense.get_parameter(name)
+    per_example = calibrate(data, tokenizer, dense, fast(0.5, fisher_batch_size=1), "shuffle")
+    default = calibrate(data, tokenizer, dense, fast(0.5), "shuffle")
+    assert per_example.examples == default.examples and len(per_example.batches) == len(per_example.examples)
+    expected = torch.zeros_like(W)
+    for ex in per_example.examples:
+        (b,) = batches_of(data, [ex], tokenizer, dense, fast(0.5))
+        expected += torch.autograd.grad(dense(**b).loss, W)[0].square()
+    expected = W.detach().square() * expected
+    got = {
+        c: fisher(dense, cal.batches, [name])[0][name]
+        for c, cal in (("one", per_example), ("batch", default))
+    }
+    assert torch.allclose(got["one"], expected, rtol=1e-4, atol=1e-12)
+    assert not torch.allclose(got["batch"], expected, rtol=0.1)
