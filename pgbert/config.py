@@ -104,7 +104,9 @@ class PruneConfig:
                 f"--compensation-target must be linear or residual, got {self.compensation_target}"
             )
         if self.fisher_batch_size is not None and self.fisher_batch_size < 1:
-            raise PgbertError(f"--fisher-batch-size must be at least 1, got {self.fisher_batch_size}")
+            raise PgbertError(
+                f"fisher_batch_size must be at least 1 (or None: batch_size), got {self.fisher_batch_size}"
+            )
         if self.compensation_tokens not in ("all", "head"):
             raise PgbertError(f"--compensation-tokens must be all or head, got {self.compensation_tokens}")
         if not self.compensation_damp > 0:
