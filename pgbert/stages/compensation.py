@@ -3,7 +3,8 @@
 For each pruned linear, inputs X come from the already-compensated pruned model and targets Y are the
 dense model's outputs of that linear. For each kept block (rows R sharing the column set C):
     min ||Y[R] - W_R X[C] - b_R||^2 + lam ||[W_R, b_R] - [W_R, b_R]_orig||^2
-Rows with no kept block get the mean target as bias (bias absorption). Padding tokens are excluded.
+Rows with no kept block get the mean target as bias (bias absorption). Padding tokens are excluded
+(tokens="head": the last layer's Q, O and FFN fit only the first token, the one a sequence-level head reads).
 The pruned layer runs only as far as O's input (attention mixes tokens); the rest of a post-LN layer is
 token-wise and is computed on valid tokens from the stage before. Q, K and V share one Gram matrix.
 Guards: a linear keeps its compensation only if it lowers the error on held-out calibration tokens; then
