@@ -241,7 +241,7 @@ def compensate(
                 cols = cols if cols.numel() else torch.zeros(1, dtype=torch.long)  # empty: bias only
                 stats = []
                 only_first = heads is not None and k in HEAD_READ
-                rows = [h if only_first else slice(None) for h in heads or [None] * len(xy)]
+                rows = heads if only_first else [slice(None)] * len(xy)
                 for i, (x, y) in enumerate(xy):
                     st = LinearStats(cols.numel(), lin.out_features)
                     key = (i, only_first, tuple(cols.tolist()))
