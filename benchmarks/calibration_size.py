@@ -7,6 +7,7 @@ examples before) differ.
 
     python benchmarks/calibration_size.py --compare benchmarks/results/compare12-amazon.json \
         runs/amz088-c512-s0 runs/amz088-c512-s1 runs/amz088-c512-s2
+    python benchmarks/calibration_size.py --ablation 2048=a.json 4096=b.json   # benchmarks/ablation.py's `full`
 """
 
 import argparse
@@ -45,6 +46,26 @@ def compare_rows(path: str, sparsity: float, seeds: set[int]) -> list[dict]:
     ]
 
 
+def ablation_rows(arg: str, sparsity: float) -> list[dict]:
+    """`full`'s rows at `sparsity` in a benchmarks/ablation.py JSON, given as N=path (N: the calibration examples
+    that run used, the count its log prints; a split smaller than --calib-samples uses all of it)."""
+    n, _, path = arg.partition("=")
+    if not n.isdigit() or not path:
+        raise SystemExit(f"--ablation {arg}: give N=path (N: the calibration examples used)")
+    rows = json.loads(Path(path).read_text())["rows"]
+    keep = [r for r in rows if r["variant"] == "full" and r.get("sparsity") == sparsity]
+    if not keep:
+        raise SystemExit(f"--ablation {arg}: no `full` rows at {sparsity}; pass --sparsity")
+    return [
+        {
+            **{k: r[k] for k in ("seed", "masked", "oneshot")},
+            "dropped_sublayers": r["dropped"],
+            "calib_samples": int(n),
+        }
+        for r in keep
+    ]
+
+
 def table(rows: list[dict]) -> str:
     """One line per calibration size over the seeds run at every size, then largest minus smallest, paired."""
     by = {(r["calib_samples"], r["seed"]): r for r in rows}
@@ -75,13 +96,22 @@ def table(rows: list[dict]) -> str:
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="pgbert prune run folders (one shot), one per seed")
+    p.add_argument("runs", nargs="*", help="pgbert prune run folders (one shot), one per seed")
+    p.add_argument(
+        "--ablation", nargs="+", default=[], help="N=path: benchmarks/ablation.py JSONs, N examples"
+    )
+    p.add_argument("--sparsity", type=float, default=0.88, help="with --ablation: the sparsity to read")
     p.add_argument("--compare", help="pgbert compare results.json holding PGB at the same sparsity")
     p.add_argument("--metric", default="accuracy", help="the task's main metric (pearson for rt-score)")
     p.add_argument("--json", help="write the rows")
     a = p.parse_args()
-    runs = [run_row(f, a.metric) for f in a.runs]
-    extra = compare_rows(a.compare, runs[0]["sparsity"], {r["seed"] for r in runs}) if a.compare else []
+    runs = [run_row(f, a.metric) for f in a.runs] + [
+        r for x in a.ablation for r in ablation_rows(x, a.sparsity)
+    ]
+    if not runs:
+        raise SystemExit("give pgbert prune run folders or --ablation N=path")
+    sparsity = runs[0]["sparsity"] if a.runs else a.sparsity
+    extra = compare_rows(a.compare, sparsity, {r["seed"] for r in runs}) if a.compare else []
     print(table(runs + extra), end="")
     if a.json:
         Path(a.json).write_text(

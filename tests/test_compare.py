@@ -246,6 +246,35 @@ def test_calibration_size_table_pairs_seeds_run_at_every_size():
     assert "2,048 minus 512, paired: +1.7 points (+3.0, +2.0, +0.0; p 0.20)" in text  # t = 1.89, 2 dof
 
 
+def test_calibration_size_reads_full_rows_of_an_ablation_json(tmp_path):
+    """--ablation N=path takes `full`'s rows at the asked sparsity, labelled with N; anything else is refused."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import calibration_size
+
+    def row(variant, sparsity, seed, acc):
+        return {
+            "variant": variant,
+            "sparsity": sparsity,
+            "seed": seed,
+            "masked": 0.5,
+            "oneshot": acc,
+            "dropped": [],
+        }
+
+    path = tmp_path / "abl.json"
+    rows = [row("full", 0.88, 0, 0.8), row("full", 0.5, 0, 0.86), row("no-layer-drop", 0.88, 0, 0.7)]
+    path.write_text(json.dumps({"dense": 0.87, "rows": rows}))
+    (r,) = calibration_size.ablation_rows(f"2910={path}", 0.88)
+    assert (r["calib_samples"], r["seed"], r["oneshot"]) == (2910, 0, 0.8)
+    with pytest.raises(SystemExit, match="N=path"):
+        calibration_size.ablation_rows(str(path), 0.88)
+    with pytest.raises(SystemExit, match="at 0.75"):
+        calibration_size.ablation_rows(f"2048={path}", 0.75)
+
+
 def test_render_compare_replaces_rows_only_when_asked(tmp_path):
     """benchmarks/render_compare.py: a method re-run (same budget and seed) replaces the earlier row with
     --replace, and is an error without it; the other rows are kept and the replaced ones listed."""
