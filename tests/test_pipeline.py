@@ -1,5 +1,6 @@
 """PGB end to end on tiny random models of every family and task type."""
 
+import dataclasses
 import json
 
 import pytest
@@ -71,6 +72,24 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
     assert {"importance", "grouping_allocation", "compensation", "finetune"} <= set(rep["timings_s"])
 
 
+def test_a_small_train_split_keeps_check_examples_out_of_the_draw(tokenizer):
+    """A split too small for the asked draw keeps a quarter of itself (at most check_samples, never leaving
+    under 32 to draw) out of calibration, so the guards score examples compensation never fitted; a split
+    large enough draws exactly calib_samples."""
+    dense = tiny_model("bert", tokenizer)
+
+    def sizes(data, **kw):
+        cal = calibrate(data, tokenizer, dense, fast(0.5, **kw), "shuffle")
+        return len(cal.examples), cal.check_examples
+
+    data = sentiment()  # 150 training examples
+    assert sizes(data, calib_samples=96, check_samples=32) == (96, 32)
+    assert sizes(data, calib_samples=2048, check_samples=32) == (118, 32)
+    assert sizes(data, calib_samples=2048, check_samples=256) == (113, 37)
+    small = dataclasses.replace(data, train=data.train[:40])
+    assert sizes(small, calib_samples=2048, check_samples=32) == (32, 8)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     """Measured on the model, not read from the report: compensation brings the encoder output closer to
@@ -83,7 +102,10 @@ def test_compensation_lowers_error_and_never_raises_check_loss(tokenizer, seed):
     )
     comp, masks, rep = prune_model(dense, tokenizer, data, cfg)
     masked, masks2, _ = prune_model(  # the drop check measures what the run does: off, for the same masks
-        dense, tokenizer, data, fast(0.75, calib_samples=256, compensate=False, seed=seed, drop_check=False)
+        dense,
+        tokenizer,
+        data,
+        fast(0.75, calib_samples=256, check_samples=64, compensate=False, seed=seed, drop_check=False),
     )
     assert all(torch.equal(masks[n], masks2[n]) for n in masks)
     check = calibrate(data, tokenizer, dense, cfg, "shuffle").check
@@ -129,7 +151,10 @@ def test_regression_and_qa_tasks(tokenizer, tmp_path):
         "squad", DataOptions(train_file=str(tmp_path / "tr.json"), dev_file=str(tmp_path / "tr.json"))
     )
     _, _, rep = prune_model(
-        tiny_model("distilbert", tokenizer, qa=True), tokenizer, data, fast(0.5, calib_samples=64)
+        tiny_model("distilbert", tokenizer, qa=True),
+        tokenizer,
+        data,
+        fast(0.5, calib_samples=64, check_samples=16),  # 80 examples: 64 drawn, 16 held out
     )
     assert abs(rep["sparsity_achieved"] - 0.5) <= 0.005 and "f1" in rep["metrics"]["pruned"]
 
