@@ -46,8 +46,8 @@ def calibrate(data: TaskData, tokenizer, model: nn.Module, cfg: PruneConfig, sam
         random.Random(cfg.seed).shuffle(rest)
     else:
         random.Random(cfg.seed).shuffle(pool)
-        # a split too small for both keeps a quarter of itself (at most check_samples) out of the draw, so
-        # the guards always score examples that compensation never fitted
+        # a split too small for the draw and check_samples more holds min(check_samples, a quarter of itself)
+        # out of the draw, so the guards always score examples that compensation never fitted
         n = min(n, max(MIN_CALIB, len(pool) - min(cfg.check_samples, len(pool) // 4)))
         calib, rest = pool[:n], pool[n:]
     check = (rest or calib)[: cfg.check_samples]  # calib only when nothing is left (a 32-example split)

@@ -73,9 +73,9 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
 
 
 def test_a_small_train_split_keeps_check_examples_out_of_the_draw(tokenizer):
-    """A split too small for the asked draw keeps a quarter of itself (at most check_samples, never leaving
-    under 32 to draw) out of calibration, so the guards score examples compensation never fitted; a split
-    large enough draws exactly calib_samples."""
+    """A split smaller than the draw plus check_samples holds out check_samples or a quarter of itself,
+    whichever is fewer (never leaving under 32 to draw), so the guards score examples compensation never
+    fitted; a split large enough draws exactly calib_samples."""
     dense = tiny_model("bert", tokenizer)
 
     def sizes(data, **kw):
