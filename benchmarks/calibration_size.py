@@ -100,17 +100,16 @@ if __name__ == "__main__":
     p.add_argument(
         "--ablation", nargs="+", default=[], help="N=path: benchmarks/ablation.py JSONs, N examples"
     )
-    p.add_argument("--sparsity", type=float, default=0.88, help="with --ablation: the sparsity to read")
+    p.add_argument("--sparsity", type=float, default=0.88, help="with --ablation alone: the sparsity to read")
     p.add_argument("--compare", help="pgbert compare results.json holding PGB at the same sparsity")
     p.add_argument("--metric", default="accuracy", help="the task's main metric (pearson for rt-score)")
     p.add_argument("--json", help="write the rows")
     a = p.parse_args()
-    runs = [run_row(f, a.metric) for f in a.runs] + [
-        r for x in a.ablation for r in ablation_rows(x, a.sparsity)
-    ]
+    runs = [run_row(f, a.metric) for f in a.runs]
+    sparsity = runs[0]["sparsity"] if runs else a.sparsity  # run folders name their own sparsity
+    runs += [r for x in a.ablation for r in ablation_rows(x, sparsity)]
     if not runs:
         raise SystemExit("give pgbert prune run folders or --ablation N=path")
-    sparsity = runs[0]["sparsity"] if a.runs else a.sparsity
     extra = compare_rows(a.compare, sparsity, {r["seed"] for r in runs}) if a.compare else []
     print(table(runs + extra), end="")
     if a.json:

@@ -50,7 +50,7 @@ def calibrate(data: TaskData, tokenizer, model: nn.Module, cfg: PruneConfig, sam
         # out of the draw, so the guards always score examples that compensation never fitted
         n = min(n, max(MIN_CALIB, len(pool) - min(cfg.check_samples, len(pool) // 4)))
         calib, rest = pool[:n], pool[n:]
-    check = (rest or calib)[: cfg.check_samples]  # calib only when nothing is left (a 32-example split)
+    check = (rest or calib)[: cfg.check_samples]  # calib only if nothing is left (tiny or all drawn)
     return Calibration(
         examples=calib,
         batches=importance_batches(data, calib, tokenizer, model, cfg),
