@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from .errors import PgbertError
@@ -512,13 +513,27 @@ def _print_metrics(metrics: dict, as_json: bool) -> None:
         print(f"{split}: " + "  ".join(f"{k}={v:.4f}" for k, v in m.items()))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a job scheduler's stop), raised where Python is so that run folders clean up."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         code = run(argv)
     except PgbertError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except Terminated:
+        print("error: terminated", file=sys.stderr)
+        code = 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code)

@@ -264,3 +264,30 @@ def test_prune_cli_pgb_switches_reach_the_run(save_tiny, tmp_path, files, capsys
     rep = json.loads((out / "report.json").read_text())
     assert {k: rep["config"][k] for k in expect} == expect
     assert len(rep["importance_steps"]) == expect["importance_steps"] - 1
+
+
+@pytest.mark.parametrize("stop, code, text", [("ctrl-c", 130, "interrupted"), ("kill", 143, "terminated")])
+def test_an_interrupt_while_writing_leaves_nothing_behind(
+    save_tiny, tmp_path, files, capsys, monkeypatch, stop, code, text
+):
+    import os
+    import signal
+
+    from pgbert import card
+
+    def stopped(*a, **k):  # the run folder is half written when the run is stopped
+        if stop == "kill":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(card, "model_card", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "out"
+    model = save_tiny()
+    capsys.readouterr()  # saving the fixture's model prints a progress bar
+    args = ["prune", str(model), "--task", "classification", "--train-file", str(files)]
+    args += ["--dev-file", str(files), "--output", str(out), "--quiet", "--importance", "magnitude"]
+    args += ["--sparsity", "0.5", "--finetune-epochs", "0", "--calib-samples", "32", "--no-compact"]
+    assert run_cli(args, capsys) == (code, [f"error: {text}"])
+    assert [p.name for p in tmp_path.iterdir() if "out" in p.name] == []  # no folder, no hidden temp folder
+    assert signal.getsignal(signal.SIGTERM) is before
