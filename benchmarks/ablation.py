@@ -61,7 +61,8 @@ VARIANTS = {
     "steps-2": {"importance_steps": 2},  # a second estimate on the partly pruned model
     "steps-3": {"importance_steps": 3},
     "steps-4": {"importance_steps": 4},
-    "residual-target": {"compensation_target": "residual"},
+    "residual-target": {"compensation_target": "residual"},  # the default since session 21 (= full)
+    "linear-target": {"compensation_target": "linear"},  # the default before session 21
     "damp-0.001": {"compensation_damp": 1e-3},
     "damp-0.1": {"compensation_damp": 1e-1},
     "damp-1": {"compensation_damp": 1.0},

@@ -193,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compensation-target",
         choices=["linear", "residual"],
-        default="linear",
-        help="linear: each linear's dense output; residual: O and FFN-out also absorb the residual's error",
+        default="residual",
+        help="residual: O and FFN-out also absorb the residual stream's error (what enters the LayerNorm); "
+        "linear: each linear fits its own dense output",
     )
     p.add_argument(
         "--compensation-tokens",

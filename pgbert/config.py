@@ -35,7 +35,9 @@ class PruneConfig:
     group_counts: tuple[int, ...] = GROUP_COUNTS
     fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     compensate: bool = True
-    compensation_target: str = "linear"  # "linear": each linear's dense output | "residual": + residual error
+    # "residual" (since session 21): O and FFN-out fit their dense output plus the residual stream's error, i.e.
+    # what enters the LayerNorm | "linear": each linear fits its own dense output
+    compensation_target: str = "residual"
     # the ridge weight pulling each refit toward the dense weights, times the mean squared input
     compensation_damp: float = 1e-2
     # "head": the last layer's Q, O and FFN fit only the first token, the one a sequence-level head reads

@@ -236,17 +236,17 @@ def test_task_defaults_to_classification_with_files_and_validation_file_alias(ca
             {
                 "importance_steps": 1,
                 "drop_check": True,
-                "compensation_target": "linear",
+                "compensation_target": "residual",
                 "compensation_damp": 0.01,
             },
         ),
         (
-            ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "residual"]
+            ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "linear"]
             + ["--compensation-damp", "0.1"],
             {
                 "importance_steps": 2,
                 "drop_check": False,
-                "compensation_target": "residual",
+                "compensation_target": "linear",
                 "compensation_damp": 0.1,
             },
         ),

@@ -69,11 +69,10 @@ class Method:
         return {}
 
 
-def least_squares_update(
-    dense, pruned, sel: Selection, calib: Calibration, cfg, target: str = "linear"
-) -> dict:
+def least_squares_update(dense, pruned, sel: Selection, calib: Calibration, cfg) -> dict:
     """Stage 5 of the methods that compensate (PGB, structured Fisher): ridge least squares on the fit
-    batches, guarded by the held-out task loss on the check batches (nothing when cfg.compensate is off)."""
+    batches toward cfg.compensation_target, guarded by the held-out task loss on the check batches (nothing
+    when cfg.compensate is off)."""
     if not cfg.compensate:
         return {}
     return compensate(
@@ -85,7 +84,7 @@ def least_squares_update(
         task_loss,
         damp=cfg.compensation_damp,
         quiet=cfg.quiet,
-        target=target,
+        target=cfg.compensation_target,
         tokens=fit_tokens(cfg, calib),
     )
 

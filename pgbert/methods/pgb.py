@@ -122,7 +122,7 @@ class PGB(Method):
 
     def update(self, dense, pruned, sel: Selection, scores, calib: Calibration, cfg) -> dict:
         """Stage 5: least-squares compensation, guarded by the held-out task loss."""
-        return least_squares_update(dense, pruned, sel, calib, cfg, target=cfg.compensation_target)
+        return least_squares_update(dense, pruned, sel, calib, cfg)
 
 
 def drop_measure(dense: nn.Module, calib: Calibration, cfg):
