@@ -526,3 +526,22 @@ def test_ablation_rows_match_pgbert_prune_and_training_only_variants_reuse_fulls
         ), v
     assert got["lr-1e-4"]["oneshot"] == got["full"]["oneshot"] != got["no-compensation"]["oneshot"]
     assert got["lr-1e-4"]["finetuned"] != got["full"]["finetuned"]
+
+
+@pytest.mark.parametrize("method", ["pgb", "structured-fisher"])
+@pytest.mark.parametrize("target", ["linear", "residual"])
+def test_both_compensating_methods_fit_the_configured_target(monkeypatch, method, target):
+    """PGB and structured Fisher share one compensation, so --compensation-target reaches both (structured
+    Fisher always fitted `linear` before session 21)."""
+    from types import SimpleNamespace
+
+    from pgbert.config import PruneConfig
+    from pgbert.methods import base, get_method
+
+    seen = {}
+    monkeypatch.setattr(base, "compensate", lambda *a, **k: seen.update(k) or {})
+    monkeypatch.setattr(base, "fit_tokens", lambda cfg, calib: "all")
+    cfg = PruneConfig(compensation_target=target)
+    calib = SimpleNamespace(fit=[], check=[])
+    get_method(method).update(None, None, base.Selection({}, {}), None, calib, cfg)
+    assert seen["target"] == target
