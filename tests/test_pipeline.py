@@ -415,7 +415,7 @@ def test_compensation_without_check_refits_every_layer(tokenizer):
     _, masks, _ = prune_model(dense, tokenizer, data, fast(0.75, compensate=False, drop_check=False))
     pruned = copy.deepcopy(dense)
     apply_masks(pruned, masks)
-    rep = compensate(dense, pruned, masks, calib.fit, None, task_loss)
+    rep = compensate(dense, pruned, masks, calib.fit, None, task_loss, target="linear")
     assert rep["_check_loss"] == {"prefix_losses": [], "compensated_layers": 2}
     kept = [v for n, v in rep.items() if not n.startswith("_") and float(masks[n].sum()) > 0]
     assert kept and all(v["compensated"] and v["error_after"] < v["error_before"] for v in kept)
@@ -459,7 +459,7 @@ def test_compensation_is_each_linears_least_squares_on_the_compensated_models_in
             masks[n] = (rows[k][:, None] & cols[None]).float()
     pruned = copy.deepcopy(dense)
     apply_masks(pruned, masks)
-    compensate(dense, pruned, masks, fit, None, task_loss, damp=1e-2, tokens=tokens)
+    compensate(dense, pruned, masks, fit, None, task_loss, target="linear", damp=1e-2, tokens=tokens)
 
     def capture(model, what):
         got, tok, hooks = {n: [] for n in masks}, {}, []
@@ -549,7 +549,7 @@ def test_compensation_does_not_depend_on_how_tokens_are_batched(tokenizer):
     for fit in (calib.fit, drawn):
         pruned = copy.deepcopy(dense)
         apply_masks(pruned, masks)
-        compensate(dense, pruned, masks, fit, None, task_loss)
+        compensate(dense, pruned, masks, fit, None, task_loss, target="linear")
         models.append(dict(pruned.named_parameters()))
     moved = {n: float((models[0][n] - dense.get_parameter(n) * masks[n]).detach().abs().max()) for n in masks}
     assert max(moved.values()) > 0.05  # compensation moved weights by up to 0.05-0.2 here; the two

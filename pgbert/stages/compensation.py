@@ -172,9 +172,10 @@ def compensate(
     fit: list[dict],
     check: list[dict] | None,
     loss_fn,
+    *,
+    target: str,
     damp: float = 1e-2,
     quiet: bool = True,
-    target: str = "linear",
     tokens: str = "all",
 ) -> dict[str, dict]:
     """Compensate `pruned` (dense weights times masks) in place; returns per-matrix errors (relative
