@@ -48,7 +48,7 @@ def child(a) -> None:
         pruned = models.load_for_task(a.model, data, require_finetuned=True).eval()
         apply_masks(pruned, masks)
         t = time.perf_counter()
-        # the target `pgbert prune` fits at this commit (the stage's own default is `linear`)
+        # the target `pgbert prune` fits at this commit (older commits' stage defaulted to `linear`)
         compensate(dense, pruned, masks, calib.fit, calib.check, task_loss, target=cfg.compensation_target)
         seconds = time.perf_counter() - t
         out[s] = {"seconds": seconds, "accuracy": evaluate(pruned, tok, data)["accuracy"]}

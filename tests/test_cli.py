@@ -219,6 +219,21 @@ def test_help_states_each_default_once():
     assert "(default: [0.5, 0.75, 0.88])" in compare and "draw (default: 3)" in compare
 
 
+def test_prune_flags_default_to_prune_configs_defaults():
+    """`pgbert prune` and the Python API (PruneConfig) hold each default in two places; they must agree (the
+    compensation target's default changed in session 21 in both)."""
+    import dataclasses
+
+    from pgbert.cli import build_parser
+    from pgbert.config import PruneConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    fields = {f.name for f in dataclasses.fields(PruneConfig)}
+    flags = {a.dest: a.default for a in sub.choices["prune"]._actions if a.dest in fields}
+    assert {"compensation_target", "drop_check_se", "calib_samples", "finetune_epochs", "lr"} <= flags.keys()
+    assert flags == {k: getattr(PruneConfig(), k) for k in flags}
+
+
 def test_task_defaults_to_classification_with_files_and_validation_file_alias(capsys):
     from pgbert.cli import build_parser
 
