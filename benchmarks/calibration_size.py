@@ -34,7 +34,10 @@ def run_row(folder: str, metric: str) -> dict:
 
 def compare_rows(path: str, sparsity: float, seeds: set[int]) -> list[dict]:
     res = json.loads(Path(path).read_text())
-    n = res["config"]["calib_samples"]
+    sizes = {c["calib_samples"] for c in res.get("configs", [res.get("config")])}  # merged by render_compare
+    if len(sizes) != 1:
+        raise SystemExit(f"--compare {path}: its runs used different --calib-samples {sorted(sizes)}")
+    n = sizes.pop()
     keep = [
         r
         for r in res["rows"]

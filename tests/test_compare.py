@@ -275,6 +275,37 @@ def test_calibration_size_reads_full_rows_of_an_ablation_json(tmp_path):
         calibration_size.ablation_rows(f"2048={path}", 0.75)
 
 
+def test_calibration_size_reads_compare_and_merged_compare_files(tmp_path):
+    """--compare takes PGB's rows at the sparsity and seeds asked, labelled with the compare's --calib-samples,
+    from a results.json or one merged by render_compare (a list of configs); mixed sizes are refused."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
+    import calibration_size
+
+    def row(method, seed, acc):
+        return {
+            "method": method,
+            "sparsity": 0.88,
+            "seed": seed,
+            "masked": 0.5,
+            "oneshot": acc,
+            "dropped_sublayers": [],
+        }
+
+    rows = [row("pgb", 0, 0.8), row("pgb", 1, 0.7), row("kwon", 0, 0.6), row("pgb", 2, 0.9)]
+    one, merged, mixed = tmp_path / "one.json", tmp_path / "merged.json", tmp_path / "mixed.json"
+    one.write_text(json.dumps({"config": {"calib_samples": 2048}, "rows": rows}))
+    merged.write_text(json.dumps({"configs": [{"calib_samples": 1024}] * 2, "rows": rows}))
+    mixed.write_text(json.dumps({"configs": [{"calib_samples": 512}, {"calib_samples": 2048}], "rows": rows}))
+    got = calibration_size.compare_rows(str(one), 0.88, {0, 1})
+    assert [(r["calib_samples"], r["seed"], r["oneshot"]) for r in got] == [(2048, 0, 0.8), (2048, 1, 0.7)]
+    assert {r["calib_samples"] for r in calibration_size.compare_rows(str(merged), 0.88, {2})} == {1024}
+    with pytest.raises(SystemExit, match="different --calib-samples"):
+        calibration_size.compare_rows(str(mixed), 0.88, {0})
+
+
 def test_render_compare_replaces_rows_only_when_asked(tmp_path):
     """benchmarks/render_compare.py: a method re-run (same budget and seed) replaces the earlier row with
     --replace, and is an error without it; the other rows are kept and the replaced ones listed."""
