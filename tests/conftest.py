@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import collections
+import importlib
 import json
 import os
 import random
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +29,14 @@ from transformers import (  # noqa: E402
 from pgbert.tasks import BUNDLED  # noqa: E402
 
 FAMILIES = ("bert", "roberta", "distilbert", "electra")
+
+
+def benchmark(name: str):
+    """A script of benchmarks/ imported as a module (they are run as scripts, not installed)."""
+    folder = str(Path(__file__).parent.parent / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="session")

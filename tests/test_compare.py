@@ -1,10 +1,11 @@
 """Baselines and the side-by-side comparison on tiny models."""
 
 import json
+import sys
 
 import pytest
 import torch
-from conftest import sentiment_rows, tiny_model
+from conftest import benchmark, sentiment_rows, tiny_model
 
 from pgbert import api
 from pgbert.adapters import prunable_names
@@ -182,11 +183,8 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     """benchmarks/grid.py: a cell is "yes" only if PGB's mean is at least every baseline's; a one-shot-only
     compare leaves the re-finetuned cell "not run"; the same budget and baseline in two files is an error."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import grid
+    grid = benchmark("grid")
 
     acc = {"pgb": [0.80, 0.82], "kwon": [0.81, 0.82], "structured-fisher": [0.70, 0.72]}
     rows = [
@@ -223,11 +221,7 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
 
 def test_calibration_size_table_pairs_seeds_run_at_every_size():
     """benchmarks/calibration_size.py: only seeds run at every size are paired; largest minus smallest."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import calibration_size
+    calibration_size = benchmark("calibration_size")
 
     def row(n, seed, acc):
         return {
@@ -248,11 +242,7 @@ def test_calibration_size_table_pairs_seeds_run_at_every_size():
 
 def test_calibration_size_reads_full_rows_of_an_ablation_json(tmp_path):
     """--ablation N=path takes `full`'s rows at the asked sparsity, labelled with N; anything else is refused."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import calibration_size
+    calibration_size = benchmark("calibration_size")
 
     def row(variant, sparsity, seed, acc):
         return {
@@ -278,11 +268,7 @@ def test_calibration_size_reads_full_rows_of_an_ablation_json(tmp_path):
 def test_calibration_size_reads_compare_and_merged_compare_files(tmp_path):
     """--compare takes PGB's rows at the sparsity and seeds asked, labelled with the compare's --calib-samples,
     from a results.json or one merged by render_compare (a list of configs); mixed sizes are refused."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import calibration_size
+    calibration_size = benchmark("calibration_size")
 
     def row(method, seed, acc):
         return {
@@ -310,11 +296,8 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
     """benchmarks/render_compare.py: a method re-run (same budget and seed) replaces the earlier row with
     --replace, and is an error without it; the other rows are kept and the replaced ones listed."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import render_compare
+    render_compare = benchmark("render_compare")
 
     def result(rows):
         return {"model": "m", "task": "t", "dense": 0.9, "config": {}, "seconds": 1.0, "rows": rows}
@@ -350,11 +333,7 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
 
 def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
     """benchmarks/render_ablation.py: per-seed values, means and (variant - full) paired by seed, exact."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import render_ablation
+    render_ablation = benchmark("render_ablation")
 
     def row(variant, seed, oneshot, finetuned):
         return {
@@ -393,11 +372,8 @@ def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
 def test_render_ablation_pairs_a_variant_with_a_compares_pgb_rows(tmp_path, monkeypatch, capsys):
     """--compare: a compare's PGB rows at the ablation's budgets stand in as `full`; other budgets are left out."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import render_ablation
+    render_ablation = benchmark("render_ablation")
 
     pgb = [
         {
@@ -440,11 +416,8 @@ def test_render_ablation_pairs_a_variant_with_a_compares_pgb_rows(tmp_path, monk
 def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
     """benchmarks/early_stopping.py: kept minus last dev check per seed, exact; rows without a history skipped."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import early_stopping
+    early_stopping = benchmark("early_stopping")
 
     def row(seed, checks, method="pgb"):
         hist = [{"step": 10 * (i + 1), "accuracy": a} for i, a in enumerate(checks)]
@@ -474,11 +447,8 @@ def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
 def test_prune_runs_pairs_kept_and_last_checks_by_seed(tmp_path, monkeypatch, capsys):
     """benchmarks/prune_runs.py: each run's kept and last dev checks minus the reference run's of the same seed."""
     import json
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import prune_runs
+    prune_runs = benchmark("prune_runs")
 
     def run(name, seed, lr, checks, kept):
         d = tmp_path / name
@@ -512,14 +482,11 @@ def test_ablation_rows_match_pgbert_prune_and_training_only_variants_reuse_fulls
     variant's options, also for the training-only variants, which re-finetune a copy of full's one-shot model
     instead of redoing selection and compensation."""
     import argparse
-    import sys
     from dataclasses import replace
-    from pathlib import Path
 
     from pgbert.pipeline import prune_model
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import ablation
+    ablation = benchmark("ablation")
 
     def example(r, i):
         return {"text": r["text"], "text_pair": "x", "label": 4.0 * r["label"] + (i % 7) / 7}

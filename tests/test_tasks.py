@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import squad_json, write_jsonl
+from conftest import benchmark, squad_json, write_jsonl
 
 from pgbert.errors import PgbertError
 from pgbert.tasks import TASKS, DataOptions, load_task
@@ -162,11 +162,7 @@ def test_tsv_quotes_are_text(tmp_path):
 
 def test_vader_benchmark_tasks_conversion():
     """benchmarks/vader_tasks.py: binary drops zero scores and labels score > 0; the score task keeps all."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-    import vader_tasks
+    vader_tasks = benchmark("vader_tasks")
 
     rows = vader_tasks.read_ground_truth("1\t1.5\tgood one\n2\t0.0\tmeh\n\n3\t-2.25\tbad one\n")
     assert rows == [("good one", 1.5), ("meh", 0.0), ("bad one", -2.25)]
