@@ -15,6 +15,7 @@ import json
 import statistics
 from pathlib import Path
 
+from render_compare import configs_of
 from scipy import stats
 
 
@@ -34,7 +35,7 @@ def run_row(folder: str, metric: str) -> dict:
 
 def compare_rows(path: str, sparsity: float, seeds: set[int]) -> list[dict]:
     res = json.loads(Path(path).read_text())
-    sizes = {c["calib_samples"] for c in res.get("configs", [res.get("config")])}  # merged by render_compare
+    sizes = {c["calib_samples"] for c in configs_of(res)}
     if len(sizes) != 1:
         raise SystemExit(f"--compare {path}: its runs used different --calib-samples {sorted(sizes)}")
     n = sizes.pop()

@@ -14,6 +14,8 @@ where no file holds that budget (or, for the re-finetuned half, only a --finetun
 import argparse
 import json
 
+from render_compare import configs_of
+
 from pgbert.comparison import paired
 
 SHORT = {"structured-fisher": "S", "kwon": "K"}
@@ -24,8 +26,7 @@ def cells(paths: list[str]) -> dict[tuple[float, str], list[tuple[str, float]]]:
     out: dict[tuple[float, str], list[tuple[str, float]]] = {}
     for path in paths:
         res = json.load(open(path))
-        configs = res.get("configs") or [res["config"]]  # render_compare.py's merged files list each run's
-        refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in configs)
+        refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in configs_of(res))
         for p in paired(res["rows"]):
             if p["budget"] != "sparsity":
                 continue

@@ -14,6 +14,11 @@ import json
 from pgbert.comparison import budget_of, markdown, paired, plot, record, summarise
 
 
+def configs_of(res: dict) -> list[dict]:
+    """Each run's config in a compare result: one for a results.json, a list for a file merged here."""
+    return res.get("configs") or [res["config"]]
+
+
 def merge(paths: list[str], replace: bool = False) -> dict:
     """One result from several compares of the same fine-tune. The same method, budget and seed in two
     files is an error, or with replace=True the later file's row wins (a method re-run after a change,
@@ -40,7 +45,7 @@ def merge(paths: list[str], replace: bool = False) -> dict:
         "model": runs[0]["model"],
         "task": runs[0]["task"],
         "dense": runs[0]["dense"],
-        "configs": [c for r in runs for c in (r.get("configs") or [r["config"]])],  # merged files: theirs
+        "configs": [c for r in runs for c in configs_of(r)],
         "sources": [s for p, r in zip(paths, runs) for s in (r.get("sources") or [p])],
         "rows": rows,
         "replaced": replaced,
