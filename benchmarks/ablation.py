@@ -20,6 +20,8 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   dim-attention   attention pruned by Q/K and V/O pair blocks (dims inside heads) instead of whole heads
   ffn-eighths     FFN pairs keep neurons in steps of 1/8 (PGB's default: 1/16)
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
+  ffn-48ths       FFN pairs keep neurons in steps of 1/48 (32 neurons on the MiniLM)
+  full-width-48ths  both: neurons only, in steps of 1/48 (structured Fisher's units, PGB's knapsack)
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
   lr-X            re-finetune at peak learning rate X (`--lr X`; 5e-5 by default; only with --finetune-epochs)
                   (kd and lr-X re-finetune a copy of full's one-shot model: selection and compensation once)
@@ -44,6 +46,7 @@ from dataclasses import replace
 
 import task_model
 
+from pgbert.adapters import adapter_for
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, fit_batches, importance_batches, prune_model, refinetune
@@ -74,6 +77,8 @@ VARIANTS = {
     "dim-attention": {"attention": "blocks"},
     "ffn-eighths": {"ffn_steps": 8},
     "full-width": {"free_widths": False},
+    "ffn-48ths": {"ffn_steps": 48},
+    "full-width-48ths": {"free_widths": False, "ffn_steps": 48},
     "kd": {"kd": True},
     "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; PGB's default: 5e-5)
     "lr-2e-4": {"lr": 2e-4},
@@ -131,6 +136,15 @@ def kept_speedup(lat: dict | None) -> float | None:
         return None
     rounds = lat["calibration"]
     return min(rounds, key=lambda r: abs(r["predicted"] - lat["predicted_speedup"]))["measured"]
+
+
+def layout(layers: list[dict], dense) -> list[str]:
+    """Per layer what the masks keep: "heads h, FFN neurons x input width x output width"."""
+    hd = adapter_for(dense.config).head_size(dense.config)
+    return [
+        f"h{st['v_width'] // hd} f{st['ffn_neurons']}x{st['ffn_in_width']}x{st['ffn_out_width']}"
+        for st in layers
+    ]
 
 
 def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
@@ -194,6 +208,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "finetuned": m["finetuned"][data.spec.main_metric] if "finetuned" in m else None,
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
+                "layout": layout(rep["layers"], dense),
                 "drop_checks": rep.get("drop_checks", []),
                 "prune_seconds": sum(rep["timings_s"].values()),  # stages 1-5
                 "seconds": time.perf_counter() - t,  # training-only variants: their re-finetune alone

@@ -88,6 +88,23 @@ def test_dropped_sublayers_and_arbitrary_masks(tokenizer, family):
     assert layers[0].attention is None and layers[1].ffn is None and layers[2].attention.qk_width == 1
 
 
+def test_layer_structure_counts_what_the_ffn_keeps():
+    """Neurons live in both FFN matrices; widths are the hidden features those neurons read and write."""
+    from pgbert.stages.structure import layer_structure
+
+    z = {k: torch.zeros(8, 8) for k in ("q", "k", "v", "o")}
+    z["v"][:4], z["o"][:, :4] = 1, 1
+    ffn_in, ffn_out = torch.zeros(6, 8), torch.zeros(8, 6)
+    ffn_in[0:3, 0:5] = 1  # neurons 0-2 read features 0-4
+    ffn_in[5, 7] = 1  # neuron 5 reads feature 7 but writes nothing: not live
+    ffn_out[2:8, 1:4] = 1  # neurons 1-3 write features 2-7; neuron 3 reads nothing: not live
+    st = layer_structure({**z, "ffn_in": ffn_in, "ffn_out": ffn_out}, num_heads=2)
+    assert (st["ffn_neurons"], st["ffn_in_width"], st["ffn_out_width"]) == (2, 5, 6)
+    assert (st["qk_width"], st["v_width"]) == (0, 4)
+    dropped = layer_structure({**z, "ffn_in": ffn_in, "ffn_out": torch.zeros(8, 6)}, num_heads=2)
+    assert dropped["ffn_dropped"] and dropped["ffn_neurons"] == dropped["ffn_in_width"] == 0
+
+
 def test_qa_head_compacts(tokenizer):
     model = tiny_model("bert", tokenizer, qa=True)
     masks = random_masks(model, 0.3)

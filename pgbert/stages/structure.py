@@ -10,18 +10,24 @@ def layer_structure(masks: dict[str, torch.Tensor], num_heads: int) -> dict:
 
     Attention is dropped when V or O keeps nothing (its output is then a constant); the FFN when
     FFN-in or FFN-out keeps nothing. K rows with no kept weight are removed with their Q rows (softmax
-    ignores a per-query constant); V rows with no kept weight fold into O's bias.
+    ignores a per-query constant); V rows with no kept weight fold into O's bias. An FFN keeps the neurons
+    live in both FFN-in (a row) and FFN-out (a column), reads the hidden features FFN-in keeps columns of
+    and writes those FFN-out keeps rows of (block-diagonal layouts: the union over blocks).
     """
     nz = {k: m != 0 for k, m in masks.items()}
     attn_dropped = not nz["v"].any() or not nz["o"].any()
     ffn_dropped = not nz["ffn_in"].any() or not nz["ffn_out"].any()
     qk_width = 0 if attn_dropped else int(nz["k"].any(1).sum())
     v_width = 0 if attn_dropped else int((nz["v"].any(1) & nz["o"].any(0)).sum())
+    neurons = nz["ffn_in"].any(1) & nz["ffn_out"].any(0)
     return {
         "attention_dropped": attn_dropped,
         "ffn_dropped": ffn_dropped,
         "qk_width": qk_width,
         "v_width": v_width,
+        "ffn_neurons": 0 if ffn_dropped else int(neurons.sum()),
+        "ffn_in_width": 0 if ffn_dropped else int(nz["ffn_in"][neurons].any(0).sum()),
+        "ffn_out_width": 0 if ffn_dropped else int(nz["ffn_out"][:, neurons].any(1).sum()),
     }
 
 
