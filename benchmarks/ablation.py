@@ -22,6 +22,8 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   full-width      FFN pairs keep full hidden width (neurons only, as structured pruning keeps them)
   ffn-48ths       FFN pairs keep neurons in steps of 1/48 (32 neurons on the MiniLM)
   full-width-48ths  both: neurons only, in steps of 1/48 (structured Fisher's units, PGB's knapsack)
+  ffn-low         below the first 1/16 step FFN pairs may also keep 16, 32, ... neurons (a nearly dropped FFN)
+  full-width-low  both: neurons only, with the low counts
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
   lr-X            re-finetune at peak learning rate X (`--lr X`; 5e-5 by default; only with --finetune-epochs)
                   (kd and lr-X re-finetune a copy of full's one-shot model: selection and compensation once)
@@ -79,6 +81,8 @@ VARIANTS = {
     "full-width": {"free_widths": False},
     "ffn-48ths": {"ffn_steps": 48},
     "full-width-48ths": {"free_widths": False, "ffn_steps": 48},
+    "ffn-low": {"ffn_low": True},
+    "full-width-low": {"free_widths": False, "ffn_low": True},
     "kd": {"kd": True},
     "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; PGB's default: 5e-5)
     "lr-2e-4": {"lr": 2e-4},

@@ -60,6 +60,7 @@ class PruneConfig:
     submatrix: bool = True  # False: only G-groupings (the grouped-only ablation)
     ffn_steps: int = 16  # FFN pairs keep neurons in steps of 1/ffn_steps (8: the old eighths)
     free_widths: bool = True  # False: FFN pairs keep full hidden width (neurons only, as structured pruning)
+    ffn_low: bool = False  # True: below the first 1/ffn_steps, FFN pairs may also keep 16, 32, ... neurons
     # re-finetuning
     finetune_epochs: float = 1.0
     kd: bool = False

@@ -87,6 +87,7 @@ class PGB(Method):
             fixed_groups=cfg.fixed_groups,
             allow_drop=cfg.allow_drop,
             free_widths=cfg.free_widths,
+            ffn_low=cfg.ffn_low,
             head_values=head_values,
         )
         names = prunable_names(dense)

@@ -187,6 +187,7 @@ PAIR_FREE_FRACTIONS = (1 / 4, 1 / 2, 3 / 4, 1.0)
 # layer's) and as the neuron-by-neuron structured baseline. A superset of the 1/8 steps. Measured one-shot
 # on the MiniLM (3 seeds, after compensation): 0.865 vs 0.859 at 0.5, 0.796 vs 0.801 at 0.88.
 PAIR_SHARED_FRACTIONS = tuple(i / 16 for i in range(1, 17))
+LOW_ALIGN = 16  # the neuron counts OptionSpace.ffn_low adds below the first step: 16, 32, ...
 
 
 def pair_options(
@@ -384,6 +385,7 @@ class OptionSpace:
     fixed_groups: int | None = None  # ablation: every matrix keeps k = (1-s) G^2 (<= G) of its G blocks
     allow_drop: bool = True  # False: every matrix keeps at least one block (no sublayer dropping)
     free_widths: bool = True  # False: FFN pair sub-matrices keep full hidden width (neurons only)
+    ffn_low: bool = False  # True: below the first 1/ffn_steps step, FFN pairs may keep 16, 32, ... neurons
     head_values: list[torch.Tensor] | None = field(default=None, repr=False)  # per layer, per head
 
 
@@ -405,8 +407,12 @@ def build_items(
             items.append((tuple(layer[:4]), [Choice(tuple(p)) for p in opts]))
         if space.pairing and space.submatrix and not space.fixed_groups:
             for a, b, ax, bx in PAIRS[2:] if whole_heads else PAIRS:
+                fr = fractions
+                if space.ffn_low and a == "ffn_in":  # a nearly dropped FFN: its few best neurons
+                    n = scores[by[a]].shape[0]
+                    fr = fr + tuple(k / n for k in range(LOW_ALIGN, n // space.ffn_steps, LOW_ALIGN))
                 opts = pair_options(
-                    scores[by[a]], scores[by[b]], ax, bx, space.group_counts, fractions, space.permute
+                    scores[by[a]], scores[by[b]], ax, bx, space.group_counts, fr, space.permute
                 )
                 if not space.free_widths:  # the shared axis only: full rows / columns on the free axes
                     full_a, full_b = scores[by[a]].shape[1 - ax], scores[by[b]].shape[1 - bx]
