@@ -272,3 +272,35 @@ def test_token_wise_stage_inputs_equal_the_layer_forward(tokenizer, family):
     (out, _, valid), (ref, _, _) = _next_inputs(parts, flow, inputs)[0], nxt[0]
     assert not valid.all()  # the batch has padding
     torch.testing.assert_close(out[valid], ref[valid])
+
+
+def test_ffn_low_offers_a_few_neurons_and_the_knapsack_takes_them():
+    """ffn_low adds 16, 32, 48 kept neurons below the first 1/16 step (64 of 1,024); on scores where only
+    16 neurons matter and the budget fits every head plus those 16, the exact knapsack keeps exactly them and
+    more score than the default options allow (which must give up a head or the whole FFN)."""
+    from pgbert.stages.allocation import OptionSpace, allocate, build_items
+
+    d, n = 64, 1024
+    names = [["q", "k", "v", "o", "ffn_in", "ffn_out"]]
+    scores = {m: torch.full((d, d), 1.0) for m in ("q", "k", "v", "o")}
+    best = torch.arange(100, 1024, 57)[:16]  # the 16 neurons worth keeping, spread out
+    scores["ffn_in"], scores["ffn_out"] = torch.full((n, d), 1e-6), torch.full((d, n), 1e-6)
+    scores["ffn_in"][best], scores["ffn_out"][:, best] = 1.0, 1.0
+    heads = [torch.full((4,), 1e3)]
+
+    def knapsack(low: bool):
+        items = build_items(scores, names, OptionSpace(head_values=heads, ffn_low=low), 0.0)
+        ffn = next(cs for item, cs in items if item == ("ffn_in", "ffn_out"))
+        counts = {c.parts[0].shape[0] for c in ffn if c.parts[0].kind == "pair-submatrix"}
+        choices = [cs for _, cs in items]
+        pick = allocate(choices, budget=4 * d * d + 16 * 2 * d)
+        chosen = [cs[i] for cs, i in zip(choices, pick)]
+        return counts, chosen, sum(c.value for c in chosen)
+
+    counts, _, value = knapsack(False)
+    counts_low, chosen, value_low = knapsack(True)
+    assert min(counts) == 64 and counts_low == counts | {16, 32, 48}
+    assert value_low > value
+    ffn_in = chosen[1].parts[0]
+    assert chosen[0].parts[0].kind == "dense" and ffn_in.shape == (16, d)
+    assert torch.equal(ffn_in.blocks()[0][0], best)
