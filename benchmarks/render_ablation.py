@@ -5,6 +5,8 @@ paired t-test p), as `pgbert compare` pairs methods.
     python benchmarks/render_ablation.py runs/abl-rt-088-ft.json [--reference full] [--output table.md]
     python benchmarks/render_ablation.py A.json B.json   # variants run apart (same model, task, seeds)
     python benchmarks/render_ablation.py B.json --compare C.json   # `full` = a compare's PGB rows (same seeds)
+    python benchmarks/render_ablation.py B.json --compare C1.json C2.json --baselines structured-fisher
+        # compares at several budgets; a baseline's rows join the table as one more variant
 
 Re-finetuned columns appear only when every row was re-finetuned.
 """
@@ -37,9 +39,10 @@ def as_compare_rows(rows: list[dict]) -> list[dict]:
 
 
 def full_row(r: dict) -> dict:
-    """A compare's PGB row as an ablation row of the variant `full` (PGB as shipped when it ran)."""
+    """A compare's row as an ablation row: PGB's as the variant `full` (PGB as shipped when it ran), another
+    method's under its own name."""
     return {
-        "variant": "full",
+        "variant": "full" if r["method"] == "pgb" else r["method"],
         "seed": r["seed"],
         "sparsity": r["sparsity"],
         "budget": f"s={r['sparsity']:.2f}",
@@ -91,20 +94,26 @@ def main() -> None:
     p.add_argument("--metric", default="accuracy", help="the metric's name in the table's header")
     p.add_argument(
         "--compare",
-        help="a `pgbert compare` results JSON whose PGB rows (same model, task and seeds) stand in as `full`",
+        nargs="+",
+        default=[],
+        help="`pgbert compare` results JSONs whose PGB rows (same model, task and seeds) stand in as `full`",
     )
+    p.add_argument("--baselines", nargs="+", default=[], help="with --compare: these methods' rows too")
     p.add_argument("--output", help="also write the table here")
     a = p.parse_args()
     runs = []
     for path in a.results:
         with open(path) as f:
             runs.append(json.load(f))
-    if a.compare:
-        with open(a.compare) as f:
+    budgets = {r["sparsity"] for run in runs for r in run["rows"]}
+    have = {(r["variant"], r["seed"], r["sparsity"]) for run in runs for r in run["rows"]}
+    for path in a.compare:
+        with open(path) as f:
             c = json.load(f)
-        budgets = {r["sparsity"] for run in runs for r in run["rows"]}
-        pgb = [full_row(r) for r in c["rows"] if r["method"] == "pgb" and r.get("sparsity") in budgets]
-        runs.append({"dense": c["dense"], "rows": pgb})
+        methods = {"pgb", *a.baselines}
+        rows = [full_row(r) for r in c["rows"] if r["method"] in methods and r.get("sparsity") in budgets]
+        rows = [r for r in rows if (r["variant"], r["seed"], r["sparsity"]) not in have]  # the ablation's own
+        runs.append({"dense": c["dense"], "rows": rows})
     if len({r["dense"] for r in runs}) > 1:
         p.error("these files were measured on different dense models; render them apart")
     text = table(

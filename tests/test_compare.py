@@ -411,6 +411,14 @@ def test_render_ablation_pairs_a_variant_with_a_compares_pgb_rows(tmp_path, monk
     # +2 and -1 points against the PGB rows 0.70 / 0.71
     assert "| compensate-2048 | 0.720 / 0.700 | 0.710 | +0.5 (1-0-1) | 0.500 | 0 / 0 |" in out
     assert "| full | 0.700 / 0.710 | 0.705 |" in out and "sparsity 0.5:" not in out
+    # --baselines: a compare's other method joins as a variant; the ablation's own `full` row (seed 0) wins
+    own = dict(abl[0], variant="full", oneshot=0.75)
+    (tmp_path / "a.json").write_text(json.dumps({"dense": 0.9, "rows": abl + [own]}))
+    monkeypatch.setattr(sys, "argv", argv + ["--baselines", "kwon"])
+    render_ablation.main()
+    out = capsys.readouterr().out
+    assert "| full | 0.750 / 0.710 | 0.730 |" in out  # seed 1 from the compare
+    assert "| kwon | 0.700 / 0.710 | 0.705 | -2.5 (0-1-1) |" in out
 
 
 def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
