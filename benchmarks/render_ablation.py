@@ -107,10 +107,10 @@ def main() -> None:
             runs.append(json.load(f))
     budgets = {r["sparsity"] for run in runs for r in run["rows"]}
     have = {(r["variant"], r["seed"], r["sparsity"]) for run in runs for r in run["rows"]}
+    methods = {"pgb", *a.baselines}
     for path in a.compare:
         with open(path) as f:
             c = json.load(f)
-        methods = {"pgb", *a.baselines}
         rows = [full_row(r) for r in c["rows"] if r["method"] in methods and r.get("sparsity") in budgets]
         rows = [r for r in rows if (r["variant"], r["seed"], r["sparsity"]) not in have]  # the ablation's own
         runs.append({"dense": c["dense"], "rows": rows})
