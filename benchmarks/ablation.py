@@ -48,7 +48,6 @@ from dataclasses import replace
 
 import task_model
 
-from pgbert.adapters import adapter_for
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, fit_batches, importance_batches, prune_model, refinetune
@@ -142,15 +141,6 @@ def kept_speedup(lat: dict | None) -> float | None:
     return min(rounds, key=lambda r: abs(r["predicted"] - lat["predicted_speedup"]))["measured"]
 
 
-def layout(layers: list[dict], dense) -> list[str]:
-    """Per layer what the masks keep: "heads h, FFN neurons x input width x output width"."""
-    hd = adapter_for(dense.config).head_size(dense.config)
-    return [
-        f"h{st['v_width'] // hd} f{st['ffn_neurons']}x{st['ffn_in_width']}x{st['ffn_out_width']}"
-        for st in layers
-    ]
-
-
 def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
     """Every variant at every budget through pipeline.prune_model, then re-finetuned as `pgbert prune`
     does when --finetune-epochs is set, sharing the calibration draw, between variants that score alike the
@@ -212,7 +202,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "finetuned": m["finetuned"][data.spec.main_metric] if "finetuned" in m else None,
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
-                "layout": layout(rep["layers"], dense),
+                "layout": rep["layout"],
                 "drop_checks": rep.get("drop_checks", []),
                 "prune_seconds": sum(rep["timings_s"].values()),  # stages 1-5
                 "seconds": time.perf_counter() - t,  # training-only variants: their re-finetune alone

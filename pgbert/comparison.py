@@ -159,6 +159,7 @@ def run(
                     "metric": main,
                     "compensation_stopped_at": rep["compensation"].get("stopped_at"),
                     "dropped_sublayers": rep["dropped_sublayers"],
+                    "layout": rep["layout"],
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                     "latency": rep.get("latency"),
                     # every dev check of the re-finetune ({"step", metrics}); "finetuned" is the best one's

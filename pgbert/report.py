@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .adapters import MATRICES, adapter_for
-from .stages.structure import flops_ratio, layer_structure
+from .stages.structure import flops_ratio, layer_structure, layout
 
 
 def build_report(
@@ -44,6 +44,7 @@ def build_report(
         "flops_ratio_at_dev_seq_len": flops_ratio(layers, heads, hidden, dev_seq_len)["flops_ratio"],
         "matrices": matrices,
         "layers": structs,
+        "layout": [layout(st, a.head_size(dense.config)) for st in structs],
         "dropped_sublayers": dropped,
         **{k: v for k, v in sel.report.items() if k != "matrices"},
     }

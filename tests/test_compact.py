@@ -90,7 +90,7 @@ def test_dropped_sublayers_and_arbitrary_masks(tokenizer, family):
 
 def test_layer_structure_counts_what_the_ffn_keeps():
     """Neurons live in both FFN matrices; widths are the hidden features those neurons read and write."""
-    from pgbert.stages.structure import layer_structure
+    from pgbert.stages.structure import layer_structure, layout
 
     z = {k: torch.zeros(8, 8) for k in ("q", "k", "v", "o")}
     z["v"][:4], z["o"][:, :4] = 1, 1
@@ -101,6 +101,7 @@ def test_layer_structure_counts_what_the_ffn_keeps():
     st = layer_structure({**z, "ffn_in": ffn_in, "ffn_out": ffn_out}, num_heads=2)
     assert (st["ffn_neurons"], st["ffn_in_width"], st["ffn_out_width"]) == (2, 5, 6)
     assert (st["qk_width"], st["v_width"]) == (0, 4)
+    assert layout(st, head_size=2) == "h2 f2x5x6"
     dropped = layer_structure({**z, "ffn_in": ffn_in, "ffn_out": torch.zeros(8, 6)}, num_heads=2)
     assert dropped["ffn_dropped"] and dropped["ffn_neurons"] == dropped["ffn_in_width"] == 0
 

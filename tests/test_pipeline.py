@@ -63,6 +63,9 @@ def test_sparsity_masks_and_permutation(tokenizer, family, sparsity):
         o = masks[rep["matrices"][6 * layer + 3]["name"]]
         per_head = qkv[0].view(heads, -1)
         assert torch.equal(per_head.amin(1), per_head.amax(1))
+        ffn_in, ffn_out = (masks[rep["matrices"][6 * layer + i]["name"]] for i in (4, 5))
+        neurons = int((ffn_in.any(1) & ffn_out.any(0)).sum())  # live in both FFN matrices
+        assert rep["layout"][layer].startswith(f"h{int(per_head.amax(1).sum())} f{neurons}x")
         assert all(torch.equal(m, qkv[0]) for m in qkv[1:]) and torch.equal(
             o, qkv[0][:, 0][None, :].expand_as(o)
         )
