@@ -33,8 +33,8 @@ def layer_structure(masks: dict[str, torch.Tensor], num_heads: int) -> dict:
 
 def layout(struct: dict, head_size: int) -> str:
     """One layer's layer_structure in a few characters: "h<heads> f<neurons>x<input width>x<output width>"."""
-    s = struct
-    return f"h{s['v_width'] // head_size} f{s['ffn_neurons']}x{s['ffn_in_width']}x{s['ffn_out_width']}"
+    heads = struct["v_width"] // head_size
+    return f"h{heads} f{struct['ffn_neurons']}x{struct['ffn_in_width']}x{struct['ffn_out_width']}"
 
 
 def linear_macs(masks: dict[str, torch.Tensor], struct: dict) -> int:
