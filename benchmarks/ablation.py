@@ -208,10 +208,12 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "seconds": time.perf_counter() - t,  # training-only variants: their re-finetune alone
             }
             rows.append(row)
+            ft = f"re-finetuned {row['finetuned']:.4f}  " if row["finetuned"] is not None else ""
+            # A speedup is measured only under --speedup budgets; a sparsity run leaves it out.
+            speed = f"speedup {row['measured_speedup']:.2f}x  " if row["measured_speedup"] else ""
             print(
                 f"seed {seed} {label(b)} {v:16s} masked {row['masked']:.4f}  compensated {row['oneshot']:.4f}  "
-                f"re-finetuned {row['finetuned'] or float('nan'):.4f}  "
-                f"flops {row['flops_ratio']:.3f}  speedup {row['measured_speedup'] or 0:.2f}x  dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
+                f"{ft}flops {row['flops_ratio']:.3f}  {speed}dropped {len(row['dropped'])}  {row['seconds']:.0f}s",
                 flush=True,
             )
     return rows
