@@ -10,6 +10,7 @@ optional plot:
 
 import argparse
 import json
+import sys
 
 from pgbert.comparison import budget_of, markdown, paired, plot, record, summarise
 
@@ -88,6 +89,11 @@ if __name__ == "__main__":
     if a.png:
         plot(summary, a.png, metric)
     refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in res["configs"])
-    print(markdown(summary, res["dense"], metric, pairs, refinetuned), end="")
+    finetune_seeds = {c.get("finetune_seeds", 1) for c in res["configs"]}
+    if len(finetune_seeds) > 1:
+        sys.exit(
+            f"the files mix re-finetunes per pruned model ({sorted(finetune_seeds)}); merge like with like"
+        )
+    print(markdown(summary, res["dense"], metric, pairs, refinetuned, finetune_seeds.pop()), end="")
     if res["replaced"]:
         print("\n" + rerun_table(res), end="")

@@ -387,7 +387,7 @@ def compare(
             },
         )
         (tmp / "results.md").write_text(
-            cmp.markdown(summary, dense_score, main, pairs, cfg.finetune_epochs > 0)
+            cmp.markdown(summary, dense_score, main, pairs, cfg.finetune_epochs > 0, cfg.finetune_seeds)
             + cmp.unreachable_notes(rows)
         )
         cmp.plot(summary, tmp / "results.png", main)

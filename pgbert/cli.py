@@ -294,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compensation-samples", type=int, help="of those, used by compensation (default: all of them)"
     )
     p.add_argument("--finetune-epochs", type=float, default=0.25, help="re-finetune (0: one shot only)")
+    p.add_argument(
+        "--finetune-seeds",
+        type=int,
+        default=1,
+        help="re-finetunes per pruned model, each its own seed; the table shows their mean",
+    )
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -438,6 +444,7 @@ def run(argv: list[str] | None = None) -> int:
             calib_samples=a.calib_samples,
             compensation_samples=a.compensation_samples,
             finetune_epochs=a.finetune_epochs,
+            finetune_seeds=a.finetune_seeds,
             max_seq_length=a.max_seq_length,
             quiet=a.quiet,
         )

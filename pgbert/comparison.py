@@ -5,10 +5,15 @@ draw, same re-finetune); Kwon et al. (a MAC budget) get the FLOPs ratio PGB reac
 sparsity. With speedups instead of sparsities, each row is `pgbert prune --method M --speedup X`: every
 method meets the same measured speed at the deployment setting. summarise() gives mean +- std per cell,
 paired() PGB minus each structured baseline seed by seed.
+
+With finetune_seeds N > 1 each pruned model is re-finetuned N times (seeds K, K + 1000, ..., the first
+one exactly `pgbert prune`'s) and the row's "finetuned" is their mean: the re-finetuned score of that
+mask set with less of the re-finetune's own noise ("finetuned_runs" holds each).
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import dataclass, replace
@@ -19,7 +24,7 @@ from .bench import measure_compact
 from .config import PruneConfig
 from .errors import PgbertError
 from .methods import METHODS, get_method
-from .pipeline import calibrate, prune_model
+from .pipeline import calibrate, prune_model, refinetune
 from .profile import Setting
 from .tasks import TaskData
 from .training import evaluate
@@ -33,6 +38,7 @@ class CompareConfig:
     calib_samples: int = 2048  # every method's calibration draw (Kwon et al.'s default, and PGB's)
     compensation_samples: int | None = None  # all of the calibration draw
     finetune_epochs: float = 0.25
+    finetune_seeds: int = 1  # re-finetunes per pruned model (their mean is the row's "finetuned")
     lr: float = 5e-5
     batch_size: int = 32
     max_seq_length: int = 128
@@ -64,6 +70,8 @@ class CompareConfig:
             raise PgbertError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
         if self.seeds < 1:
             raise PgbertError(f"--seeds must be at least 1, got {self.seeds}")
+        if self.finetune_seeds < 1:
+            raise PgbertError(f"--finetune-seeds must be at least 1, got {self.finetune_seeds}")
         for m in self.methods:  # a method without a latency budget cannot be compared at a speed
             for kind, value in self.budgets:
                 self.prune_config(m, 0, **{kind: value}).validate()
@@ -122,7 +130,7 @@ def run(
                     setting = Setting(batch_size=cfg.bench_batch, seq_len=cfg.bench_seq)
                 try:
                     pruned, masks, rep = prune_model(
-                        dense, tokenizer, data, pcfg, calib, scores, dense_metrics
+                        dense, tokenizer, data, replace(pcfg, finetune_epochs=0), calib, scores, dense_metrics
                     )
                 except PgbertError as e:  # a speed this method cannot reach: said in the table, not fatal
                     if kind != "speedup":
@@ -134,6 +142,7 @@ def run(
                     continue
                 speed = measure_compact(pruned, masks, dense, setting, 3) if method.structured else None
                 m = rep["metrics"]
+                tuned = refinetunes(pruned, masks, dense, tokenizer, data, pcfg, cfg.finetune_seeds)
                 row = {
                     "method": name,
                     "budget": kind,
@@ -148,7 +157,10 @@ def run(
                     "flops_ratio_target": pcfg.flops_ratio,
                     "masked": m["masked"][main],
                     "oneshot": m["pruned"][main],
-                    "finetuned": m.get("finetuned", m["pruned"])[main],
+                    "finetuned": statistics.mean(t["finetuned"][main] for t in tuned)
+                    if tuned
+                    else m["pruned"][main],
+                    "finetuned_runs": [t["finetuned"][main] for t in tuned],
                     "dense": dense_metrics[main],
                     "speedup": speed["speedup"] if speed else 1.0,
                     "speedup_spread": speed["spread"] if speed else None,
@@ -162,8 +174,8 @@ def run(
                     "layout": rep["layout"],
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                     "latency": rep.get("latency"),
-                    # every dev check of the re-finetune ({"step", metrics}); "finetuned" is the best one's
-                    "finetune_history": m.get("finetune_history", []),
+                    # every dev check of the first re-finetune ({"step", metrics}); its score is its best one's
+                    "finetune_history": tuned[0]["finetune_history"] if tuned else [],
                 }
                 rows.append(row)
                 if on_row is not None:
@@ -174,6 +186,19 @@ def run(
                     f"prune {row['prune_seconds']:.0f}s"
                 )
     return rows
+
+
+def refinetunes(pruned, masks, dense, tokenizer, data: TaskData, cfg: PruneConfig, n: int) -> list[dict]:
+    """Stage 6 n times on copies of one pruned model, with re-finetune seeds cfg.seed + 1000 * j (j = 0 is
+    exactly what `pgbert prune --seed` runs); none when cfg.finetune_epochs is 0."""
+    if cfg.finetune_epochs <= 0:
+        return []
+    return [
+        refinetune(
+            copy.deepcopy(pruned), masks, dense, tokenizer, data, replace(cfg, seed=cfg.seed + 1000 * j)
+        )[1]
+        for j in range(n)
+    ]
 
 
 def budget_of(row: dict) -> tuple[str, float]:
@@ -267,13 +292,22 @@ def record(pair: dict, half: str) -> str:
 
 
 def markdown(
-    summary: list[dict], dense: float, metric: str, pairs: list[dict] | None = None, refinetuned: bool = True
+    summary: list[dict],
+    dense: float,
+    metric: str,
+    pairs: list[dict] | None = None,
+    refinetuned: bool = True,
+    finetune_seeds: int = 1,
 ) -> str:
     """The summary and paired tables; refinetuned=False (a compare with --finetune-epochs 0) writes "not run"
     in the re-finetuned columns instead of repeating the one-shot numbers."""
-    lines = [
-        f"Dense {metric}: {dense:.4f}",
-        "",
+    lines = [f"Dense {metric}: {dense:.4f}", ""]
+    if refinetuned and finetune_seeds > 1:
+        lines += [
+            f"Re-finetuned: the mean of {finetune_seeds} re-finetunes (seeds) of each pruned model.",
+            "",
+        ]
+    lines += [
         f"| method | budget | one-shot {metric} | re-finetuned {metric} | sparsity achieved | kept params | FLOPs ratio | measured speedup | prune time (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -138,6 +138,31 @@ def test_compare_rows_equal_prune_runs(save_tiny, tmp_path):
         assert rep["sparsity_achieved"] == rows[name]["sparsity_achieved"]
 
 
+def test_compare_finetune_seeds_rerun_one_pruned_model(save_tiny, tmp_path, monkeypatch):
+    """--finetune-seeds 2: each pruned model is re-finetuned twice, from the same one-shot weights, with
+    seeds K and K + 1000; the first is `pgbert prune`'s re-finetune and the row's score is the mean."""
+    import pgbert.comparison as cmp
+
+    model, opts, cfg = compare_setup(save_tiny, tmp_path)
+    cfg.seeds, cfg.methods, cfg.finetune_seeds = 1, ("pgb",), 2
+    starts = []
+    real = cmp.refinetune
+
+    def spy(pruned, masks, dense, tokenizer, data, pcfg):
+        starts.append((pcfg.seed, sum(float(p.detach().double().sum()) for p in pruned.parameters())))
+        return real(pruned, masks, dense, tokenizer, data, pcfg)
+
+    monkeypatch.setattr(cmp, "refinetune", spy)
+    (row,) = api.compare(model, "classification", tmp_path / "cmp", opts, cfg)
+    assert [s for s, _ in starts] == [0, 1000] and starts[0][1] == starts[1][1]
+    _, rep = api.prune(
+        model, "classification", None, None, opts, cfg.prune_config("pgb", 0, 0.5), compact=False
+    )
+    assert row["finetuned_runs"][0] == rep["metrics"]["finetuned"]["accuracy"]
+    assert row["finetuned"] == pytest.approx(sum(row["finetuned_runs"]) / 2)
+    assert "the mean of 2 re-finetunes" in (tmp_path / "cmp" / "results.md").read_text()
+
+
 def test_cli_method_names_are_the_registry():
     from pgbert.cli import METHOD_NAMES
 
