@@ -249,6 +249,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 STRUCTURED_BASELINES = ("kwon", "structured-fisher")
+TIE = 1e-9  # a per-seed difference this small is a tie (means of several re-finetunes carry float error)
 LATENCY_METHODS = ("pgb", *STRUCTURED_BASELINES)  # compare --speedup's default
 
 
@@ -276,8 +277,8 @@ def paired(rows: list[dict], ref: str = "pgb", against: tuple[str, ...] = STRUCT
                 d = [by[ref, i][k] - by[base, i][k] for i in seeds]
                 agg[k] = statistics.mean(d)
                 agg[k + "_std"] = statistics.stdev(d) if len(d) > 1 else 0.0
-                agg[k + "_wins"] = sum(x > 0 for x in d)
-                agg[k + "_losses"] = sum(x < 0 for x in d)
+                agg[k + "_wins"] = sum(x > TIE for x in d)
+                agg[k + "_losses"] = sum(x < -TIE for x in d)
                 p = float(stats.ttest_1samp(d, 0.0).pvalue) if len(d) > 2 else float("nan")  # paired t-test
                 agg[k + "_p"] = p if p == p else None
             out.append(agg)

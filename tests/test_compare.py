@@ -576,3 +576,35 @@ def test_both_compensating_methods_fit_the_configured_target(monkeypatch, method
     calib = SimpleNamespace(fit=[], check=[])
     get_method(method).update(None, None, base.Selection({}, {}), None, calib, cfg)
     assert seen["target"] == target
+
+
+def test_refinetune_noise_splits_within_and_between_mask_sets(tmp_path):
+    """benchmarks/refinetune_noise.py: the pooled within-mask-set std, the std of the mask sets' means, and
+    PGB minus a baseline scored by the first re-finetune and by the mean of all, on hand-checked numbers."""
+    noise = benchmark("refinetune_noise")
+
+    def row(method, seed, runs):
+        return {
+            "method": method,
+            "budget": "sparsity",
+            "target": 0.88,
+            "seed": seed,
+            "metric": "accuracy",
+            "oneshot": 0.80,
+            "finetuned": sum(runs) / len(runs),
+            "finetuned_runs": runs,
+        }
+
+    # within-set variances 1e-4, 4e-4 (pooled std sqrt(2.5e-4)); set means 0.81 and 0.83 (std sqrt(2e-4))
+    pgb = [row("pgb", 0, [0.80, 0.81, 0.82]), row("pgb", 1, [0.81, 0.83, 0.85])]
+    assert noise.spread(pgb) == pytest.approx((2.5e-4**0.5, 2e-4**0.5))
+    base = [row("structured-fisher", 0, [0.83, 0.80, 0.80]), row("structured-fisher", 1, [0.84, 0.82, 0.80])]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"dense": 0.87, "rows": pgb + base}))
+    text = "\n".join(noise.table(str(path)))
+    assert (
+        "| pgb | s=0.88 | 0.8000 | 0: 0.800 / 0.810 / 0.820; 1: 0.810 / 0.830 / 0.850 | 0.8200 | 1.6 | 1.4 |"
+        in text
+    )
+    # first re-finetunes: 0.80 - 0.83, 0.81 - 0.84 -> -3.0 (0-0-2); means: 0.81 - 0.81, 0.83 - 0.82 -> +0.5
+    assert "| structured-fisher | s=0.88 | +0.0 (0-2-0) | -3.0 (0-0-2) | +0.5 (1-1-0) |" in text
