@@ -49,6 +49,7 @@ def full_row(r: dict) -> dict:
         "masked": r["masked"],
         "oneshot": r["oneshot"],
         "finetuned": r["finetuned"],
+        "finetuned_runs": r.get("finetuned_runs"),
         "dropped": r["dropped_sublayers"],
     }
 
@@ -116,6 +117,13 @@ def main() -> None:
         runs.append({"dense": c["dense"], "rows": rows})
     if len({r["dense"] for r in runs}) > 1:
         p.error("these files were measured on different dense models; render them apart")
+    per_set = {
+        len(r.get("finetuned_runs") or [0]) for run in runs for r in run["rows"] if r["finetuned"] is not None
+    }
+    if len(per_set) > 1:
+        p.error(
+            f"these files score mask sets by different numbers of re-finetunes {sorted(per_set)}; rerun alike"
+        )
     text = table(
         {"dense": runs[0]["dense"], "rows": [r for run in runs for r in run["rows"]]}, a.reference, a.metric
     )

@@ -540,6 +540,7 @@ def test_ablation_rows_match_pgbert_prune_and_training_only_variants_reuse_fulls
         threads=0,
         calib_samples=96,
         finetune_epochs=0.5,
+        finetune_seeds=1,
         variants=["lr-1e-4", "full", "no-compensation"],
     )
     calls = []
