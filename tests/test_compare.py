@@ -171,7 +171,11 @@ def test_cli_method_names_are_the_registry():
 
 @pytest.mark.parametrize(
     "kw,match",
-    [({"sparsities": (0.5, 1.5)}, "in \\(0, 1\\)"), ({"methods": ("pgb", "cofi")}, "unknown method")],
+    [
+        ({"sparsities": (0.5, 1.5)}, "in \\(0, 1\\)"),
+        ({"methods": ("pgb", "cofi")}, "unknown method"),
+        ({"finetune_seeds": 0}, "--finetune-seeds must be at least 1"),
+    ],
 )
 def test_compare_bad_input_fails_before_work(save_tiny, tmp_path, kw, match):
     with pytest.raises(PgbertError, match=match):
