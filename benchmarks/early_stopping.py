@@ -53,12 +53,14 @@ def table(path: str) -> list[str]:
     return lines
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(table_of=table, doc: str = __doc__) -> None:
+    """Print table_of(path) for every compare results.json named on the command line (shared by the scripts
+    that judge compare's re-finetunes)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("results", nargs="+", help="pgbert compare results.json files")
     a = p.parse_args()
     for path in a.results:
-        print("\n".join(table(path)), end="\n\n")
+        print("\n".join(table_of(path)), end="\n\n")
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ scored by the first re-finetune only (what a plain compare measures) and by the 
     python benchmarks/refinetune_noise.py runs/cmp26-rt-088-ft3/results.json
 """
 
-import argparse
 import json
 import math
 import statistics
 from pathlib import Path
+
+import early_stopping
 
 from pgbert.comparison import budget_label, paired, record
 
@@ -71,13 +72,5 @@ def table(path: str) -> list[str]:
     return lines
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", help="pgbert compare --finetune-seeds N results.json files")
-    a = p.parse_args()
-    for path in a.results:
-        print("\n".join(table(path)), end="\n\n")
-
-
 if __name__ == "__main__":
-    main()
+    early_stopping.main(table, __doc__)
