@@ -48,7 +48,7 @@ from dataclasses import replace
 
 import task_model
 
-from pgbert.comparison import refinetunes
+from pgbert.comparison import mean_finetuned, refinetunes
 from pgbert.config import PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, fit_batches, importance_batches, prune_model
@@ -197,7 +197,6 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
             else:
                 pruned, masks, rep = one_shot(cfg)
             tuned = refinetunes(pruned, masks, dense, tok, data, cfg, a.finetune_seeds)
-            main_of = [t["finetuned"][data.spec.main_metric] for t in tuned]
             m = rep["metrics"]
             row = {
                 "seed": seed,
@@ -208,8 +207,8 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 "variant": v,
                 "masked": m["masked"][data.spec.main_metric],
                 "oneshot": m["pruned"][data.spec.main_metric],
-                "finetuned": statistics.mean(main_of) if tuned else None,
-                "finetuned_runs": main_of,
+                "finetuned": mean_finetuned(tuned, data.spec.main_metric),
+                "finetuned_runs": [t["finetuned"][data.spec.main_metric] for t in tuned],
                 "flops_ratio": rep["flops_ratio"],
                 "dropped": rep["dropped_sublayers"],
                 "layout": rep["layout"],

@@ -157,9 +157,7 @@ def run(
                     "flops_ratio_target": pcfg.flops_ratio,
                     "masked": m["masked"][main],
                     "oneshot": m["pruned"][main],
-                    "finetuned": statistics.mean(t["finetuned"][main] for t in tuned)
-                    if tuned
-                    else m["pruned"][main],
+                    "finetuned": mean_finetuned(tuned, main) if tuned else m["pruned"][main],
                     "finetuned_runs": [t["finetuned"][main] for t in tuned],
                     "dense": dense_metrics[main],
                     "speedup": speed["speedup"] if speed else 1.0,
@@ -199,6 +197,11 @@ def refinetunes(pruned, masks, dense, tokenizer, data: TaskData, cfg: PruneConfi
         )[1]
         for j in range(n)
     ]
+
+
+def mean_finetuned(tuned: list[dict], metric: str) -> float | None:
+    """A mask set's re-finetuned score: the mean of its re-finetunes' metric (None when none ran)."""
+    return statistics.mean(t["finetuned"][metric] for t in tuned) if tuned else None
 
 
 def budget_of(row: dict) -> tuple[str, float]:
