@@ -26,7 +26,10 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   full-width-low  both: neurons only, with the low counts
   kd              re-finetune with distillation from the dense model (`--kd`; only with --finetune-epochs)
   lr-X            re-finetune at peak learning rate X (`--lr X`; 5e-5 by default; only with --finetune-epochs)
-                  (kd and lr-X re-finetune a copy of full's one-shot model: selection and compensation once)
+  no-keep-start   the re-finetune returns its best dev check even when the one-shot model scored higher
+                  (PGB's default since session 29 keeps the one-shot model then; only with --finetune-epochs)
+                  (kd, lr-X and no-keep-start re-finetune a copy of full's one-shot model: selection and
+                  compensation once)
   compensate-512  compensation fits on the first 512 calibration examples (PGB's default: all of them)
 
     python benchmarks/ablation.py runs/minilm-rt --sparsity 0.5 0.88 [--seeds 0 1 2] [--json out.json]
@@ -88,10 +91,11 @@ VARIANTS = {
     "kd": {"kd": True},
     "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; PGB's default: 5e-5)
     "lr-2e-4": {"lr": 2e-4},
+    "no-keep-start": {"keep_start": False},  # the re-finetune returns its best check, even below one shot
     "compensate-512": {"compensation_samples": 512},
 }
 # variants that change only the re-finetune (nothing to measure without --finetune-epochs)
-TRAINING_ONLY = {v for v, change in VARIANTS.items() if change and set(change) <= {"kd", "lr"}}
+TRAINING_ONLY = {v for v, change in VARIANTS.items() if change and set(change) <= {"kd", "lr", "keep_start"}}
 
 
 def main() -> None:
@@ -196,8 +200,8 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
                 pruned, masks, rep = copy.deepcopy(full)
             else:
                 pruned, masks, rep = one_shot(cfg)
-            tuned = refinetunes(pruned, masks, dense, tok, data, cfg, a.finetune_seeds)
             m = rep["metrics"]
+            tuned = refinetunes(pruned, masks, dense, tok, data, cfg, a.finetune_seeds, m["pruned"])
             row = {
                 "seed": seed,
                 "budget": label(b),

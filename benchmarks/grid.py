@@ -14,20 +14,22 @@ where no file holds that budget (or, for the re-finetuned half, only a --finetun
 import argparse
 import json
 
-from render_compare import configs_of
+from render_compare import configs_of, keep_start_rows
 
 from pgbert.comparison import paired
 
 SHORT = {"structured-fisher": "S", "kwon": "K"}
 
 
-def cells(paths: list[str]) -> dict[tuple[float, str], list[tuple[str, float]]]:
-    """(sparsity, "oneshot" | "finetuned") -> [(baseline, PGB minus baseline)], from every file given."""
+def cells(paths: list[str], keep_start: bool = False) -> dict[tuple[float, str], list[tuple[str, float]]]:
+    """(sparsity, "oneshot" | "finetuned") -> [(baseline, PGB minus baseline)], from every file given
+    (keep_start: re-finetunes re-scored as stage 6 has scored them since session 29)."""
     out: dict[tuple[float, str], list[tuple[str, float]]] = {}
     for path in paths:
         res = json.load(open(path))
         refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in configs_of(res))
-        for p in paired(res["rows"]):
+        rows = keep_start_rows(res["rows"]) if keep_start else res["rows"]
+        for p in paired(rows):
             if p["budget"] != "sparsity":
                 continue
             for half in ("oneshot", "finetuned") if refinetuned else ("oneshot",):
@@ -50,11 +52,11 @@ def cell(diffs: list[tuple[str, float]] | None) -> str:
     return verdict + " (" + ", ".join(f"{SHORT.get(b, b)} {100 * d:+.1f}" for b, d in sorted(diffs)) + ")"
 
 
-def grid(tasks: dict[str, list[str]], sparsities: list[float]) -> str:
+def grid(tasks: dict[str, list[str]], sparsities: list[float], keep_start: bool = False) -> str:
     head = " | ".join(f"{s:g} one shot | {s:g} re-finetuned" for s in sparsities)
     lines = [f"| task | {head} |", "|---" * (1 + 2 * len(sparsities)) + "|"]
     for task, paths in tasks.items():
-        c = cells(paths)
+        c = cells(paths, keep_start)
         row = [cell(c.get((s, half))) for s in sparsities for half in ("oneshot", "finetuned")]
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
@@ -64,6 +66,9 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("tasks", nargs="+", help="NAME=results.json[,results.json...]")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
+    p.add_argument(
+        "--keep-start", action="store_true", help="re-score re-finetunes as stage 6 has since session 29"
+    )
     a = p.parse_args()
     tasks = {}
     for spec in a.tasks:
@@ -71,5 +76,5 @@ if __name__ == "__main__":
         if not files:
             p.error(f"{spec!r}: expected NAME=results.json[,results.json...]")
         tasks[name] = files.split(",")
-    print(grid(tasks, a.sparsity), end="")
+    print(grid(tasks, a.sparsity, a.keep_start), end="")
     print("\nS: structured Fisher, K: Kwon et al.; PGB minus the baseline, points, mean over paired seeds.")

@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="0 skips re-finetuning")
     p.add_argument("--kd", action="store_true", help="distil from the dense model while re-finetuning")
+    _keep_start_arg(p)
     p.add_argument("--lr", type=float, default=5e-5, help="re-finetuning's peak learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="re-finetuning's batch size")
     p.add_argument("--seed", type=int, default=0, help="calibration draw and re-finetuning's data order")
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="re-finetunes per pruned model, each its own seed; the table shows their mean",
     )
+    _keep_start_arg(p)
     p.add_argument("--output", required=True)
     p.add_argument("--overwrite", action="store_true")
 
@@ -375,6 +377,7 @@ def run(argv: list[str] | None = None) -> int:
             attention=a.attention,
             finetune_epochs=a.finetune_epochs,
             kd=a.kd,
+            keep_start=not a.no_keep_start,
             lr=a.lr,
             batch_size=a.batch_size,
             max_seq_length=a.max_seq_length,
@@ -445,6 +448,7 @@ def run(argv: list[str] | None = None) -> int:
             compensation_samples=a.compensation_samples,
             finetune_epochs=a.finetune_epochs,
             finetune_seeds=a.finetune_seeds,
+            keep_start=not a.no_keep_start,
             max_seq_length=a.max_seq_length,
             quiet=a.quiet,
         )
@@ -456,6 +460,14 @@ def run(argv: list[str] | None = None) -> int:
         metrics = api.evaluate(a.model, a.task, _data_options(a), a.max_seq_length)
         _print_metrics(metrics, a.json)
     return 0
+
+
+def _keep_start_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-keep-start",
+        action="store_true",
+        help="return the best re-finetune check even when the one-shot model scored higher on dev (ablation)",
+    )
 
 
 def _print_prune(r: dict) -> None:
@@ -484,6 +496,8 @@ def _print_prune(r: dict) -> None:
             print(
                 f"  {stage:9s} " + "  ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "loss" or main == k)
             )
+    if r["metrics"].get("finetune_best_step") == 0:
+        print("  no re-finetune check beat the one-shot model on dev: kept the one-shot model")
     if "compact" in r:
         c = r["compact"]
         print(

@@ -39,6 +39,7 @@ class CompareConfig:
     compensation_samples: int | None = None  # all of the calibration draw
     finetune_epochs: float = 0.25
     finetune_seeds: int = 1  # re-finetunes per pruned model (their mean is the row's "finetuned")
+    keep_start: bool = True  # a re-finetune keeps the one-shot model when no dev check beats it
     lr: float = 5e-5
     batch_size: int = 32
     max_seq_length: int = 128
@@ -93,6 +94,7 @@ class CompareConfig:
             calib_samples=self.calib_samples,
             compensation_samples=self.compensation_samples,
             finetune_epochs=self.finetune_epochs,
+            keep_start=self.keep_start,
             lr=self.lr,
             batch_size=self.batch_size,
             max_seq_length=self.max_seq_length,
@@ -142,7 +144,9 @@ def run(
                     continue
                 speed = measure_compact(pruned, masks, dense, setting, 3) if method.structured else None
                 m = rep["metrics"]
-                tuned = refinetunes(pruned, masks, dense, tokenizer, data, pcfg, cfg.finetune_seeds)
+                tuned = refinetunes(
+                    pruned, masks, dense, tokenizer, data, pcfg, cfg.finetune_seeds, m["pruned"]
+                )
                 row = {
                     "method": name,
                     "budget": kind,
@@ -159,6 +163,7 @@ def run(
                     "oneshot": m["pruned"][main],
                     "finetuned": mean_finetuned(tuned, main) if tuned else m["pruned"][main],
                     "finetuned_runs": [t["finetuned"][main] for t in tuned],
+                    "finetune_best_steps": [t["finetune_best_step"] for t in tuned],  # 0: one shot kept
                     "dense": dense_metrics[main],
                     "speedup": speed["speedup"] if speed else 1.0,
                     "speedup_spread": speed["spread"] if speed else None,
@@ -172,7 +177,8 @@ def run(
                     "layout": rep["layout"],
                     "grouped_matrices": sum(m.get("option") == "grouped" for m in rep["matrices"]),
                     "latency": rep.get("latency"),
-                    # every dev check of the first re-finetune ({"step", metrics}); its score is its best one's
+                    # every dev check of the first re-finetune ({"step", metrics}); its score is the best one's, or
+                    # the one-shot score when no check beat it (keep_start)
                     "finetune_history": tuned[0]["finetune_history"] if tuned else [],
                 }
                 rows.append(row)
@@ -186,14 +192,23 @@ def run(
     return rows
 
 
-def refinetunes(pruned, masks, dense, tokenizer, data: TaskData, cfg: PruneConfig, n: int) -> list[dict]:
-    """Stage 6 n times on copies of one pruned model, with re-finetune seeds cfg.seed + 1000 * j (j = 0 is
-    exactly what `pgbert prune --seed` runs); none when cfg.finetune_epochs is 0."""
+def refinetunes(
+    pruned, masks, dense, tokenizer, data: TaskData, cfg: PruneConfig, n: int, start: dict | None = None
+) -> list[dict]:
+    """Stage 6 n times on copies of one pruned model (dev metrics start), with re-finetune seeds
+    cfg.seed + 1000 * j (j = 0 is exactly what `pgbert prune --seed` runs); none when cfg.finetune_epochs
+    is 0."""
     if cfg.finetune_epochs <= 0:
         return []
     return [
         refinetune(
-            copy.deepcopy(pruned), masks, dense, tokenizer, data, replace(cfg, seed=cfg.seed + 1000 * j)
+            copy.deepcopy(pruned),
+            masks,
+            dense,
+            tokenizer,
+            data,
+            replace(cfg, seed=cfg.seed + 1000 * j),
+            start,
         )[1]
         for j in range(n)
     ]

@@ -65,6 +65,9 @@ class PruneConfig:
     finetune_epochs: float = 1.0
     kd: bool = False
     kd_alpha: float = 0.5
+    # the one-shot model competes with the re-finetune's dev checks as step 0 (since session 29; False: the
+    # best of the checks alone, which at 0.5 often scored below the one-shot model it started from)
+    keep_start: bool = True
     lr: float = 5e-5
     batch_size: int = 32
     max_seq_length: int = 128

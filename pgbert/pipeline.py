@@ -157,7 +157,7 @@ def prune_model(
 
     t = time.perf_counter()  # 6. re-finetuning with the masks held fixed
     if cfg.finetune_epochs > 0:
-        pruned, tuned = refinetune(pruned, sel.masks, dense, tokenizer, data, cfg)
+        pruned, tuned = refinetune(pruned, sel.masks, dense, tokenizer, data, cfg, metrics["pruned"])
         metrics.update(tuned)
     timings["finetune"] = time.perf_counter() - t
 
@@ -176,10 +176,18 @@ def prune_model(
 
 
 def refinetune(
-    pruned: nn.Module, masks: dict, dense: nn.Module, tokenizer, data: TaskData, cfg: PruneConfig
+    pruned: nn.Module,
+    masks: dict,
+    dense: nn.Module,
+    tokenizer,
+    data: TaskData,
+    cfg: PruneConfig,
+    start: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """Stage 6: re-finetune the pruned model with its masks held fixed (distilling from the dense model
-    with cfg.kd). Returns the model and its metrics ("finetuned", "finetune_history")."""
+    with cfg.kd). start: the pruned model's dev metrics; with cfg.keep_start the pruned model is kept when
+    no dev check beats it. Returns the model and its metrics ("finetuned", "finetune_history",
+    "finetune_best_step": 0 when the one-shot model was kept)."""
     tcfg = TrainConfig(
         epochs=cfg.finetune_epochs,
         lr=cfg.lr,
@@ -190,11 +198,23 @@ def refinetune(
         eval_steps=_eval_steps(len(data.train), cfg),
         kd_alpha=cfg.kd_alpha if cfg.kd else 0.0,
     )
-    pruned, hist = finetune(pruned, tokenizer, data, tcfg, masks=masks, teacher=dense if cfg.kd else None)
+    pruned, hist = finetune(
+        pruned,
+        tokenizer,
+        data,
+        tcfg,
+        masks=masks,
+        teacher=dense if cfg.kd else None,
+        start=start if cfg.keep_start else None,
+    )
     metrics = evaluate(pruned, tokenizer, data, max_seq_length=cfg.max_seq_length)
-    return pruned, {"finetuned": metrics, "finetune_history": hist["evals"]}
+    return pruned, {
+        "finetuned": metrics,
+        "finetune_history": hist["evals"],
+        "finetune_best_step": hist["best_step"],
+    }
 
 
 def _eval_steps(n_train: int, cfg: PruneConfig) -> int:
     steps = max(1, int(n_train * cfg.finetune_epochs / cfg.batch_size))
-    return max(1, steps // 4)  # four dev checks per re-finetune, early stop keeps the best
+    return max(1, steps // 4)  # four dev checks per re-finetune, early stop keeps the best (or the start)

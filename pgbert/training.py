@@ -87,6 +87,7 @@ def finetune(
     masks: dict[str, torch.Tensor] | None = None,
     teacher: nn.Module | None = None,
     progress: Callable[[int], None] | None = None,
+    start: dict[str, float] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train on data.train, evaluate on the main dev split, keep the best checkpoint (highest main metric;
     ties, common on small or easy dev sets, go to the lower dev loss, then to the later step).
@@ -94,7 +95,9 @@ def finetune(
     masks: parameter name -> 0/1 tensor held fixed (pruned weights stay exactly zero).
     teacher: dense model to distil from (logit KL at cfg.kd_temperature, weight cfg.kd_alpha).
     progress: called with 1 after every optimiser step (a caller's own progress bar).
-    Returns the model (best dev checkpoint) and a history dict.
+    start: the model's dev metrics as given (evaluate's dict); it then competes as the check at step 0, so
+    training never returns a model that scores lower on the dev checks than the one it was given.
+    Returns the model (best dev checkpoint) and a history dict ("best_step": 0 when the start was kept).
     """
     cfg = cfg or TrainConfig()
     acc = _accelerator()
@@ -118,6 +121,10 @@ def finetune(
     n = acc.num_processes
     sched = get_linear_schedule_with_warmup(opt, int(cfg.warmup_ratio * total) * n, total * n)
     apply_masks(model, masks)
+    best, best_loss, best_state, best_step, bad = -math.inf, math.inf, None, None, 0
+    if start is not None:
+        best, best_loss, best_step = start[data.spec.main_metric], start.get("loss", math.inf), 0
+        best_state = copy.deepcopy(model.state_dict())
     model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
     if teacher is not None:
         teacher = acc.prepare_model(teacher, evaluation_mode=True)
@@ -125,7 +132,6 @@ def finetune(
     use_kd = teacher is not None and cfg.kd_alpha > 0
     eval_every = cfg.eval_steps or steps_per_epoch
     history: dict = {"evals": [], "config": cfg.to_dict(), "steps": 0}
-    best, best_loss, best_state, bad = -math.inf, math.inf, None, 0
     bar = tqdm(total=total, desc="fine-tune", disable=cfg.quiet or not acc.is_local_main_process, leave=False)
     t0, step, done = time.perf_counter(), 0, False
     while not done:
@@ -167,7 +173,7 @@ def finetune(
                 log.info("step %d dev %s", step, metrics)
                 loss_now = metrics.get("loss", math.inf)
                 if improves(score, loss_now, best, best_loss):
-                    best, best_loss, bad = score, loss_now, 0
+                    best, best_loss, best_step, bad = score, loss_now, step, 0
                     best_state = copy.deepcopy(acc.unwrap_model(model).state_dict())
                 else:
                     bad += 1
@@ -184,7 +190,11 @@ def finetune(
         model.load_state_dict(best_state)
     model.eval()
     history.update(
-        steps=step, train_seconds=time.perf_counter() - t0, best=best, num_processes=acc.num_processes
+        steps=step,
+        train_seconds=time.perf_counter() - t0,
+        best=best,
+        best_step=best_step,
+        num_processes=acc.num_processes,
     )
     return model, history
 

@@ -291,3 +291,34 @@ def test_demo_says_what_it_will_do_then_ends_with_the_table_and_plot(tmp_path, m
     assert "About 24 minutes on 2 CPU cores" in "\n".join(out[:5])
     assert out[-2:] == ["| the table |", f"plot: {tmp_path / 'demo' / 'results.png'}"]
     assert seen["steps"] == 300 and len(seen["rows"]) == 6
+
+
+@pytest.mark.parametrize("best_step", [0, 4])
+def test_card_says_which_model_it_is_when_re_finetuning_kept_the_one_shot_model(best_step):
+    from pgbert.card import model_card
+
+    report = {
+        "model": "/nonexistent/dense",
+        "task": "rt-sentiment",
+        "method": "pgb",
+        "sparsity_achieved": 0.5,
+        "sparsity_target": 0.5,
+        "flops_ratio": 0.5,
+        "flops_seq_len": 128,
+        "metrics": {
+            "dense": {"accuracy": 0.871},
+            "pruned": {"accuracy": 0.874},
+            "finetuned": {"accuracy": 0.874 if best_step == 0 else 0.876},
+            "finetune_best_step": best_step,
+        },
+    }
+    card = model_card(report, "classification")
+    if best_step == 0:
+        assert (
+            "| pruned, not re-finetuned (this model: re-finetuning did not beat it on dev) | accuracy 0.8740 |"
+            in card
+        )
+        assert "re-finetuned (this model)" not in card
+    else:
+        assert "| pruned, before re-finetuning | accuracy 0.8740 |" in card
+        assert "| pruned and re-finetuned (this model) | accuracy 0.8760 |" in card

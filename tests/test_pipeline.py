@@ -606,3 +606,27 @@ def test_fisher_batch_size_one_sums_squared_per_example_gradients(tokenizer):
     }
     assert torch.allclose(got["one"], expected, rtol=1e-4, atol=1e-12)
     assert not torch.allclose(got["batch"], expected, rtol=0.1)
+
+
+@pytest.mark.parametrize("keep_start", [True, False])
+def test_refinetune_starts_from_the_one_shot_models_dev_metrics(tokenizer, monkeypatch, keep_start):
+    """Stage 6 hands the one-shot model's dev metrics to the re-finetune as its step-0 check (keep_start),
+    or nothing (the ablation), and reports which check it kept."""
+    import pgbert.pipeline as pipeline
+
+    seen = {}
+
+    def spy(model, tok, data, tcfg, masks=None, teacher=None, start=None):
+        seen["start"] = start
+        return model, {"evals": [], "best_step": 0 if start else 3}
+
+    monkeypatch.setattr(pipeline, "finetune", spy)
+    _, _, rep = prune_model(
+        tiny_model("bert", tokenizer),
+        tokenizer,
+        sentiment(),
+        fast(0.5, finetune_epochs=0.1, keep_start=keep_start),
+    )
+    m = rep["metrics"]
+    assert seen["start"] == (m["pruned"] if keep_start else None)
+    assert m["finetune_best_step"] == (0 if keep_start else 3)

@@ -201,3 +201,42 @@ def test_finetune_keeps_the_best_dev_check(tokenizer, monkeypatch):
     kept = model.state_dict()
     assert all(torch.equal(kept[k], states[1][k]) for k in kept)
     assert not all(torch.equal(kept[k], states[3][k]) for k in kept)  # training moved the weights after it
+
+
+@pytest.mark.parametrize(
+    ("start", "best_step"),
+    [
+        ({"accuracy": 0.95, "loss": 0.3}, 0),  # no check beats the model as given: it is returned
+        ({"accuracy": 0.9, "loss": 0.5}, 2),  # a check equal in metric and loss is later: it wins
+        ({"accuracy": 0.9, "loss": 0.4}, 0),  # equal metric, lower loss: the start wins the tie
+        ({"accuracy": 0.8, "loss": 0.1}, 2),
+    ],
+)
+def test_finetune_start_competes_as_step_zero(tokenizer, monkeypatch, start, best_step):
+    """With start (the given model's dev metrics), the given model is the check at step 0: kept, weights
+    and all, when no later check beats it under the same tie rule."""
+    import pgbert.training as training
+
+    scores = [(0.6, 1.0), (0.9, 0.5), (0.7, 1.0), (0.9, 0.6)]
+    states = []
+
+    def scripted(model, *a, **kw):
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        acc, loss = scores[len(states) - 1]
+        return {"accuracy": acc, "loss": loss}
+
+    monkeypatch.setattr(training, "evaluate", scripted)
+    model = tiny_model("bert", tokenizer)
+    given = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model, hist = finetune(
+        model,
+        tokenizer,
+        sentiment_data(),
+        TrainConfig(max_steps=4, eval_steps=1, lr=1e-3, quiet=True),
+        start=start,
+    )
+    assert hist["best_step"] == best_step and len(hist["evals"]) == 4
+    expect = given if best_step == 0 else states[best_step - 1]
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], expect[k]) for k in kept)
+    assert hist["best"] == (start["accuracy"] if best_step == 0 else 0.9)
