@@ -14,20 +14,34 @@ where no file holds that budget (or, for the re-finetuned half, only a --finetun
 import argparse
 import json
 
-from render_compare import configs_of, keep_start_rows
+from render_compare import configs_of, keep_start_rows, start_kept
 
 from pgbert.comparison import paired
 
 SHORT = {"structured-fisher": "S", "kwon": "K"}
 
 
+def results(paths: list[str]):
+    """(path, compare result, whether it re-finetuned) for each file."""
+    for path in paths:
+        res = json.load(open(path))
+        yield path, res, all(c.get("finetune_epochs", 1) > 0 for c in configs_of(res))
+
+
+def kept_starts(paths: list[str]) -> str:
+    """How many re-finetunes, per method, no dev check lifted above the one-shot model, over the files."""
+    counts: dict[str, list[int]] = {}
+    for _, res, refinetuned in results(paths):
+        for m, (k, n) in start_kept(res["rows"]).items() if refinetuned else ():
+            counts[m] = [a + b for a, b in zip(counts.get(m, [0, 0]), (k, n))]
+    return ", ".join(f"{m} {k} of {n}" for m, (k, n) in sorted(counts.items()))
+
+
 def cells(paths: list[str], keep_start: bool = False) -> dict[tuple[float, str], list[tuple[str, float]]]:
     """(sparsity, "oneshot" | "finetuned") -> [(baseline, PGB minus baseline)], from every file given
     (keep_start: re-finetunes re-scored as stage 6 has scored them since session 29)."""
     out: dict[tuple[float, str], list[tuple[str, float]]] = {}
-    for path in paths:
-        res = json.load(open(path))
-        refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in configs_of(res))
+    for path, res, refinetuned in results(paths):
         rows = keep_start_rows(res["rows"]) if keep_start else res["rows"]
         for p in paired(rows):
             if p["budget"] != "sparsity":
@@ -78,3 +92,6 @@ if __name__ == "__main__":
         tasks[name] = files.split(",")
     print(grid(tasks, a.sparsity, a.keep_start), end="")
     print("\nS: structured Fisher, K: Kwon et al.; PGB minus the baseline, points, mean over paired seeds.")
+    if a.keep_start:
+        kept = kept_starts([p for paths in tasks.values() for p in paths])
+        print(f"Re-finetunes that keep the one-shot model (no dev check above it): {kept}.")

@@ -71,6 +71,22 @@ def keep_start_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+def start_kept(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per method, (re-finetunes whose checks all scored below the one-shot model, re-finetunes): the ones
+    keep_start returns the one-shot model for. Rows written with keep_start say so themselves."""
+    out: dict[str, tuple[int, int]] = {}
+    for r in rows:
+        if "finetune_best_steps" in r:
+            kept = [step == 0 for step in r["finetune_best_steps"]]
+        elif "oneshot" in r:
+            kept = [x < r["oneshot"] for x in r.get("finetuned_runs") or [r["finetuned"]]]
+        else:
+            continue
+        k, n = out.get(r["method"], (0, 0))
+        out[r["method"]] = (k + sum(kept), n + len(kept))
+    return out
+
+
 def rerun_table(res: dict) -> str:
     """Each re-run method minus the rows it replaced, paired by seed (points): what the change bought."""
     old = [{**r["row"], "method": r["method"] + " (replaced)"} for r in res["replaced"]]

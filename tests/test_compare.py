@@ -283,10 +283,14 @@ def test_keep_start_rescores_old_rows_with_the_one_shot_model_as_step_zero(tmp_p
     assert [r.get("finetuned") for r in got] == [0.88, 0.86, 0.87, 0.86, pytest.approx(0.845), None]
     assert got[4]["finetuned_runs"] == [0.84, 0.85] and got[5] == rows[5]
     assert render.keep_start_rows(got) == got
+    new = {"method": "pgb", "sparsity": 0.75, "seed": 0, "oneshot": 0.8, "finetuned": 0.8}
+    counted = render.start_kept(rows + [{**new, "finetune_best_steps": [0, 2, 0]}])
+    assert counted == {"pgb": (3, 5), "structured-fisher": (0, 2), "kwon": (1, 2)}
     path = tmp_path / "a.json"
     path.write_text(json.dumps({"config": {"finetune_epochs": 0.25}, "rows": rows[:4]}))
     assert "| t | yes (S +1.5) | **no** (S -0.5) |" in grid.grid({"t": [str(path)]}, [0.5])
     assert "| t | yes (S +1.5) | yes (S +0.5) |" in grid.grid({"t": [str(path)]}, [0.5], keep_start=True)
+    assert grid.kept_starts([str(path), str(path)]) == "pgb 2 of 4, structured-fisher 0 of 4"
 
 
 def test_calibration_size_table_pairs_seeds_run_at_every_size():
