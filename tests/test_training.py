@@ -178,19 +178,27 @@ def test_best_checkpoint_breaks_metric_ties_by_dev_loss():
     assert not improves(0.8, 0.0, 0.9, 0.4)
 
 
-def test_finetune_keeps_the_best_dev_check(tokenizer, monkeypatch):
-    """Early stopping returns the weights of the best dev check (ties to the lower dev loss), not the last."""
+SCRIPTED_CHECKS = [(0.6, 1.0), (0.9, 0.5), (0.7, 1.0), (0.9, 0.6)]  # (accuracy, loss) of dev checks 1-4
+
+
+def script_dev_checks(monkeypatch) -> list[dict]:
+    """Make finetune's dev checks score SCRIPTED_CHECKS in turn; returns the weights seen at each check."""
     import pgbert.training as training
 
-    scores = [(0.6, 1.0), (0.9, 0.5), (0.7, 1.0), (0.9, 0.6)]  # check 4 ties check 2 with a higher loss
     states = []
 
     def scripted(model, *a, **kw):
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        acc, loss = scores[len(states) - 1]
+        acc, loss = SCRIPTED_CHECKS[len(states) - 1]
         return {"accuracy": acc, "loss": loss}
 
     monkeypatch.setattr(training, "evaluate", scripted)
+    return states
+
+
+def test_finetune_keeps_the_best_dev_check(tokenizer, monkeypatch):
+    """Early stopping returns the weights of the best dev check (ties to the lower dev loss), not the last."""
+    states = script_dev_checks(monkeypatch)  # check 4 ties check 2 with a higher loss
     model, hist = finetune(
         tiny_model("bert", tokenizer),
         tokenizer,
@@ -215,17 +223,7 @@ def test_finetune_keeps_the_best_dev_check(tokenizer, monkeypatch):
 def test_finetune_start_competes_as_step_zero(tokenizer, monkeypatch, start, best_step):
     """With start (the given model's dev metrics), the given model is the check at step 0: kept, weights
     and all, when no later check beats it under the same tie rule."""
-    import pgbert.training as training
-
-    scores = [(0.6, 1.0), (0.9, 0.5), (0.7, 1.0), (0.9, 0.6)]
-    states = []
-
-    def scripted(model, *a, **kw):
-        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        acc, loss = scores[len(states) - 1]
-        return {"accuracy": acc, "loss": loss}
-
-    monkeypatch.setattr(training, "evaluate", scripted)
+    states = script_dev_checks(monkeypatch)
     model = tiny_model("bert", tokenizer)
     given = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model, hist = finetune(
