@@ -30,17 +30,16 @@ def model_card(report: dict, kind: str) -> str:
         "",
     ]
     metrics = report.get("metrics", {})
+    stages = [("dense (before pruning)", "dense")]
     if metrics.get("finetune_best_step") == 0:  # no re-finetune check beat the one-shot model: it was kept
-        stages = (
-            ("dense (before pruning)", "dense"),
-            ("pruned, not re-finetuned (this model: re-finetuning did not beat it on dev)", "pruned"),
+        stages.append(
+            ("pruned, not re-finetuned (this model: re-finetuning did not beat it on dev)", "pruned")
         )
     else:
-        stages = (
-            ("dense (before pruning)", "dense"),
+        stages += [
             ("pruned, before re-finetuning", "pruned"),
             ("pruned and re-finetuned (this model)", "finetuned"),
-        )
+        ]
     table = "".join(_metrics_row(label, metrics.get(key)) for label, key in stages)
     c = report.get("compact")
     if c:
