@@ -253,16 +253,18 @@ def test_task_defaults_to_classification_with_files_and_validation_file_alias(ca
                 "drop_check": True,
                 "compensation_target": "residual",
                 "compensation_damp": 0.01,
+                "keep_start": True,
             },
         ),
         (
             ["--importance-steps", "2", "--no-drop-check", "--compensation-target", "linear"]
-            + ["--compensation-damp", "0.1"],
+            + ["--compensation-damp", "0.1", "--no-keep-start"],
             {
                 "importance_steps": 2,
                 "drop_check": False,
                 "compensation_target": "linear",
                 "compensation_damp": 0.1,
+                "keep_start": False,
             },
         ),
     ],
