@@ -1,6 +1,7 @@
-"""Tabulate `pgbert prune` run folders from their report.json: one shot, every dev check of the re-finetune
-(the last at the end of training), the kept (best) check and the last; with --paired REF, each run's kept and
-last checks minus REF's, matched by seed (the runs' config.seed), with wins-ties-losses and a paired t-test.
+"""Tabulate `pgbert prune` run folders from their report.json: method, one shot, every dev check of the
+re-finetune (the last at the end of training), the kept (best) check and the last; with --paired REF, each
+run's one-shot, kept and last scores minus REF's, matched by seed (the runs' config.seed), with
+wins-ties-losses and a paired t-test.
 
     python benchmarks/prune_runs.py runs/pgb088-2epkd-lr1e-4-s{0,1,2} --paired runs/pgb088-2epkd-s{0,1,2}
 """
@@ -28,6 +29,7 @@ def row(folder: str) -> dict:
         raise SystemExit(2)
     return {
         "run": folder,
+        "method": r["method"],
         "seed": r["config"]["seed"],
         "lr": r["config"]["lr"],
         "oneshot": m["pruned"][metric],
@@ -35,6 +37,7 @@ def row(folder: str) -> dict:
         "kept": m["finetuned"][metric],
         "last": hist[-1],
         "finetune_s": r["timings_s"].get("finetune"),
+        "dropped": len(r.get("dropped_sublayers", [])),
     }
 
 
@@ -45,24 +48,21 @@ def main() -> None:
     a = p.parse_args()
     rows, refs = [row(f) for f in a.runs], {r["seed"]: r for r in map(row, a.paired)}
     print(
-        "| run | seed | lr | one shot | dev checks | kept | last | minus ref: kept / last | re-finetune s |"
+        "| run | method | seed | lr | one shot | dev checks | kept | last | minus ref: one shot / kept / last "
+        "| sublayers dropped | re-finetune s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = refs.get(r["seed"])
-        diff = (
-            f"{100 * (r['kept'] - ref['kept']):+.1f} / {100 * (r['last'] - ref['last']):+.1f}" if ref else ""
-        )
+        diff = " / ".join(f"{100 * (r[k] - ref[k]):+.1f}" for k in ("oneshot", "kept", "last")) if ref else ""
         checks = " / ".join(f"{c:.3f}" for c in r["checks"])
         print(
-            f"| {r['run']} | {r['seed']} | {r['lr']:g} | {r['oneshot']:.3f} | {checks} | {r['kept']:.3f} "
-            f"| {r['last']:.3f} | {diff} | {r['finetune_s']:.0f} |"
+            f"| {r['run']} | {r['method']} | {r['seed']} | {r['lr']:g} | {r['oneshot']:.3f} | {checks} "
+            f"| {r['kept']:.3f} | {r['last']:.3f} | {diff} | {r['dropped']} | {r['finetune_s']:.0f} |"
         )
     for key in ("oneshot", "kept", "last"):
         line = f"mean {key}: {statistics.mean(r[key] for r in rows):.4f}"
-        pairs = (
-            paired(_as_compare_rows(rows, refs, key), ref="run", against=("ref",)) if key != "oneshot" else []
-        )
+        pairs = paired(_as_compare_rows(rows, refs, key), ref="run", against=("ref",))
         for pair in pairs:  # none where no reference shares a run's seed
             line += f"  minus ref {100 * pair['finetuned']:+.2f} points ({record(pair, 'finetuned')})"
         print(line)

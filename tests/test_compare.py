@@ -526,33 +526,48 @@ def test_early_stopping_pairs_the_kept_check_with_the_last_by_seed(tmp_path):
     assert "kwon" not in text
 
 
-def test_prune_runs_pairs_kept_and_last_checks_by_seed(tmp_path, monkeypatch, capsys):
-    """benchmarks/prune_runs.py: each run's kept and last dev checks minus the reference run's of the same seed."""
+def test_prune_runs_pairs_one_shot_kept_and_last_by_seed(tmp_path, monkeypatch, capsys):
+    """benchmarks/prune_runs.py: each run's one-shot score and kept and last dev checks minus the reference
+    run's of the same seed (the references listed in another order, of another method)."""
     import json
 
     prune_runs = benchmark("prune_runs")
 
-    def run(name, seed, lr, checks, kept):
+    def run(name, method, seed, lr, oneshot, checks, kept, dropped):
         d = tmp_path / name
         d.mkdir()
         metrics = {
-            "pruned": {"accuracy": 0.7},
+            "pruned": {"accuracy": oneshot},
             "finetuned": {"accuracy": kept},
             "finetune_history": [{"step": i, "accuracy": c} for i, c in enumerate(checks)],
         }
-        rep = {"task": "rt-sentiment", "config": {"seed": seed, "lr": lr}, "metrics": metrics}
+        rep = {
+            "task": "rt-sentiment",
+            "method": method,
+            "config": {"seed": seed, "lr": lr},
+            "metrics": metrics,
+        }
         rep["timings_s"] = {"finetune": 10.0}
+        rep["dropped_sublayers"] = dropped
         (d / "report.json").write_text(json.dumps(rep))
         return str(d)
 
-    new = [run("n0", 0, 1e-4, [0.80, 0.84], 0.84), run("n1", 1, 1e-4, [0.83, 0.81], 0.83)]
-    ref = [run("r1", 1, 5e-5, [0.82, 0.82], 0.82), run("r0", 0, 5e-5, [0.85, 0.80], 0.85)]
+    new = [
+        run("n0", "pgb", 0, 1e-4, 0.70, [0.80, 0.84], 0.84, ["layer4.attention"]),
+        run("n1", "pgb", 1, 1e-4, 0.74, [0.83, 0.81], 0.83, []),
+    ]
+    ref = [
+        run("r1", "structured-fisher", 1, 5e-5, 0.71, [0.82, 0.82], 0.82, []),
+        run("r0", "structured-fisher", 0, 5e-5, 0.72, [0.85, 0.80], 0.85, ["layer4.attention", "layer5.ffn"]),
+    ]
     monkeypatch.setattr(sys, "argv", ["prune_runs.py", *new, "--paired", *ref])
     prune_runs.main()
     out = capsys.readouterr().out
-    # seed 0: kept 0.84 - 0.85, last 0.84 - 0.80; seed 1: kept 0.83 - 0.82, last 0.81 - 0.82
-    assert "| 0 | 0.0001 | 0.700 | 0.800 / 0.840 | 0.840 | 0.840 | -1.0 / +4.0 | 10 |" in out
-    assert "| 1 | 0.0001 | 0.700 | 0.830 / 0.810 | 0.830 | 0.810 | +1.0 / -1.0 | 10 |" in out
+    # seed 0: one shot 0.70 - 0.72, kept 0.84 - 0.85, last 0.84 - 0.80; seed 1: 0.74 - 0.71, 0.83 - 0.82,
+    # 0.81 - 0.82
+    assert "| pgb | 0 | 0.0001 | 0.700 | 0.800 / 0.840 | 0.840 | 0.840 | -2.0 / -1.0 / +4.0 | 1 | 10 |" in out
+    assert "| pgb | 1 | 0.0001 | 0.740 | 0.830 / 0.810 | 0.830 | 0.810 | +3.0 / +1.0 / -1.0 | 0 | 10 |" in out
+    assert "mean oneshot: 0.7200  minus ref +0.50 points (1-0-1)" in out
     assert "mean kept: 0.8350  minus ref +0.00 points (1-0-1)" in out
     assert "mean last: 0.8250  minus ref +1.50 points (1-0-1)" in out
 
