@@ -17,16 +17,15 @@ from pgbert.tasks import get_task
 
 
 def row(folder: str) -> dict:
-    r = json.loads((Path(folder) / "report.json").read_text())
+    report = Path(folder) / "report.json"
+    if not report.is_file():
+        _fail(f"{report} does not exist: list finished `pgbert prune` output folders")
+    r = json.loads(report.read_text())
     m = r["metrics"]
     metric = get_task(r["task"]).main_metric
     hist = [h[metric] for h in m.get("finetune_history", [])]
     if not hist:
-        print(
-            f"error: {folder} was not re-finetuned (--finetune-epochs 0): list re-finetuned runs only",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+        _fail(f"{folder} was not re-finetuned (--finetune-epochs 0): list re-finetuned runs only")
     return {
         "run": folder,
         "method": r["method"],
@@ -39,6 +38,11 @@ def row(folder: str) -> dict:
         "finetune_s": r["timings_s"].get("finetune"),
         "dropped": len(r.get("dropped_sublayers", [])),
     }
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main() -> None:

@@ -572,6 +572,26 @@ def test_prune_runs_pairs_one_shot_kept_and_last_by_seed(tmp_path, monkeypatch, 
     assert "mean last: 0.8250  minus ref +1.50 points (1-0-1)" in out
 
 
+def test_prune_runs_rejects_unfinished_and_one_shot_runs_with_one_line(tmp_path, monkeypatch, capsys):
+    """benchmarks/prune_runs.py: a folder without report.json, or a run that was not re-finetuned, exits 2
+    with one line naming the folder (no traceback)."""
+    prune_runs = benchmark("prune_runs")
+    one_shot = tmp_path / "oneshot"
+    one_shot.mkdir()
+    rep = {"task": "rt-sentiment", "metrics": {"pruned": {"accuracy": 0.8}, "finetune_history": []}}
+    (one_shot / "report.json").write_text(json.dumps(rep))
+    for folder, says in [
+        (tmp_path / "missing", "report.json does not exist"),
+        (one_shot, "not re-finetuned"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["prune_runs.py", str(folder)])
+        with pytest.raises(SystemExit) as e:
+            prune_runs.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1
+        assert err.startswith(f"error: {folder}") and says in err
+
+
 def test_ablation_rows_match_pgbert_prune_and_training_only_variants_reuse_fulls_one_shot(
     tokenizer, monkeypatch
 ):
