@@ -52,7 +52,7 @@ from dataclasses import replace
 import task_model
 
 from pgbert.comparison import mean_finetuned, refinetunes
-from pgbert.config import PruneConfig
+from pgbert.config import REFINETUNE_LR, PruneConfig
 from pgbert.methods import get_method
 from pgbert.pipeline import calibrate, fit_batches, importance_batches, prune_model
 from pgbert.training import evaluate
@@ -89,7 +89,7 @@ VARIANTS = {
     # structured Fisher's shape with PGB's scores: full-width neurons down to 16, drops as the knapsack prices them
     "full-width-low-no-drop-check": {"free_widths": False, "ffn_low": True, "drop_check": False},
     "kd": {"kd": True},
-    "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; PGB's default: 5e-5)
+    "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; here 5e-5 unless a variant sets it)
     "lr-2e-4": {"lr": 2e-4},
     "no-keep-start": {"keep_start": False},  # the re-finetune returns its best check, even below one shot
     "compensate-512": {"compensation_samples": 512},
@@ -165,6 +165,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
         quiet=True,
         seed=seed,
         finetune_epochs=a.finetune_epochs,
+        lr=REFINETUNE_LR,  # as compare (pgbert prune: the model's own fine-tune's lr where recorded)
     )
     calib = calibrate(data, tok, dense, base, "shuffle")
     dense_metrics = evaluate(dense, tok, data)

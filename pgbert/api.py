@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import transformers
@@ -133,6 +134,11 @@ def prune(
     if sparsity is not None:
         cfg.sparsity = sparsity
     cfg.validate()
+    if cfg.lr is None:  # re-finetune at the learning rate the model was fine-tuned with, where recorded
+        recorded = models.finetune_lr(model)
+        cfg = replace(cfg, lr=recorded or cfg.refinetune_lr)
+        if recorded and cfg.finetune_epochs > 0:
+            log.info("re-finetuning at lr %g, the model's own fine-tune's (its run_config.json)", recorded)
     compact = compact and get_method(cfg.method).structured
     if output is not None:
         check_output_dir(output, overwrite)

@@ -219,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=float, default=1.0, help="0 skips re-finetuning")
     p.add_argument("--kd", action="store_true", help="distil from the dense model while re-finetuning")
     _keep_start_arg(p)
-    p.add_argument("--lr", type=float, default=5e-5, help="re-finetuning's peak learning rate")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="re-finetuning's peak learning rate (default: the one MODEL was fine-tuned with where `pgbert "
+        "finetune` recorded it in MODEL/run_config.json, else 5e-5)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="re-finetuning's batch size")
     p.add_argument("--seed", type=int, default=0, help="calibration draw and re-finetuning's data order")
     p.add_argument("--no-compact", action="store_true", help="save only the masked model")

@@ -8,6 +8,7 @@ from .errors import PgbertError
 from .stages.allocation import GROUP_COUNTS
 
 MIN_CALIB = 32
+REFINETUNE_LR = 5e-5  # re-finetuning's peak learning rate where the model's own fine-tune's is not recorded
 
 
 @dataclass
@@ -68,12 +69,21 @@ class PruneConfig:
     # the one-shot model competes with the re-finetune's dev checks as step 0 (since session 29; False: the
     # best of the checks alone, which at 0.5 often scored below the one-shot model it started from)
     keep_start: bool = True
-    lr: float = 5e-5
+    # None: the learning rate the model was fine-tuned with where `pgbert finetune` recorded it (the model
+    # folder's run_config.json), else REFINETUNE_LR; since session 31 (at 0.88 the fine-tune's 1e-4 beat 5e-5
+    # on both MiniLM fine-tunes measured, at 0.5 they tied: README, "Re-finetuning's learning rate")
+    lr: float | None = None
     batch_size: int = 32
     max_seq_length: int = 128
     seed: int = 0
     flops_seq_len: int = 128
     quiet: bool = False
+
+    @property
+    def refinetune_lr(self) -> float:
+        """The re-finetune's peak learning rate: lr, or REFINETUNE_LR where lr is None and no fine-tune
+        recorded one (api.prune fills lr from the model folder's run_config.json first)."""
+        return REFINETUNE_LR if self.lr is None else self.lr
 
     @property
     def drop_check_batches(self) -> int:

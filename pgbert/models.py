@@ -48,6 +48,16 @@ def resolve(model: str | Path) -> str:
     raise PgbertError(f"model path {model} does not exist; give a model folder, a hub id or 'minilm'")
 
 
+def finetune_lr(model: str | Path) -> float | None:
+    """The peak learning rate `pgbert finetune` trained this model folder with (its run_config.json), or
+    None: a hub model or a folder written by other tools."""
+    path = Path(resolve(model)) / "run_config.json"
+    if not path.is_file():
+        return None
+    lr = json.loads(path.read_text()).get("lr")
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
 def _from_hub_or_folder(load, model: str | Path, **kw):
     """Call a transformers loader; a model it cannot find or fetch is one line, not a traceback."""
     name = resolve(model)

@@ -190,7 +190,7 @@ def refinetune(
     "finetune_best_step": 0 when the one-shot model was kept)."""
     tcfg = TrainConfig(
         epochs=cfg.finetune_epochs,
-        lr=cfg.lr,
+        lr=cfg.refinetune_lr,
         batch_size=cfg.batch_size,
         max_seq_length=cfg.max_seq_length,
         seed=cfg.seed,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import FAMILIES, sentiment_rows, squad_json, tiny_model
+from conftest import FAMILIES, fast_config, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
 from pgbert.tasks import DataOptions, TaskData, get_task, load_task
@@ -95,6 +95,34 @@ def test_kd_runs_and_api_writes_run_folder(tokenizer, save_tiny, tmp_path):
         json.loads((out / "metrics.json").read_text())["metrics"]["dev"]["accuracy"]
         == result["metrics"]["dev"]["accuracy"]
     )
+
+
+def test_prune_refinetunes_at_the_learning_rate_the_model_was_finetuned_with(
+    save_tiny, tmp_path, monkeypatch
+):
+    """pgbert prune's re-finetune runs at the lr `pgbert finetune` recorded in the model folder, at
+    REFINETUNE_LR for a folder without one, and at an explicit lr when given; the report says which."""
+    import pgbert.pipeline as pipeline
+    from pgbert.config import REFINETUNE_LR
+
+    seen, real = [], pipeline.finetune
+
+    def spy(model, tokenizer, data, cfg, **kw):
+        seen.append(cfg.lr)
+        return real(model, tokenizer, data, cfg, **kw)
+
+    monkeypatch.setattr(pipeline, "finetune", spy)
+    tr = tmp_path / "tr.jsonl"
+    tr.write_text("".join(json.dumps(r) + "\n" for r in sentiment_rows(96)))
+    opts = DataOptions(train_file=str(tr), dev_file=str(tr))
+    plain, tuned = save_tiny("bert"), tmp_path / "tuned"
+    api.finetune(plain, "classification", tuned, opts, TrainConfig(max_steps=2, lr=3e-4, quiet=True))
+    seen.clear()
+    for model, lr, want in [(tuned, None, 3e-4), (plain, None, REFINETUNE_LR), (tuned, 2e-5, 2e-5)]:
+        cfg = fast_config(finetune_epochs=0.2, lr=lr)
+        _, rep = api.prune(model, "classification", 0.5, None, opts, cfg, compact=False)
+        assert seen[-1] == want and rep["config"]["lr"] == want, (model, lr)
+    assert len(seen) == 3 and REFINETUNE_LR == 5e-5
 
 
 def test_kd_loss_is_tempered_kl_and_mse():
