@@ -120,7 +120,8 @@ def prune(
     """Prune a fine-tuned model with cfg.method (default PGB). Returns (model, report): the compact model
     (or, with compact=False or an unstructured method, the masked one). With `output`, DIR holds that
     model, report.json and a model card (README.md); the masked model and its masks (`masked/`) only with
-    save_masked (a masked model is always saved whole, with masks.safetensors, when it is the output)."""
+    save_masked (a masked model is always saved whole, with masks.safetensors, when it is the output).
+    cfg.lr None re-finetunes at the lr `pgbert finetune` recorded in the model folder, else at 5e-5."""
     import torch
 
     from .bench import measure
