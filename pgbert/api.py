@@ -127,7 +127,7 @@ def prune(
     from .bench import measure
     from .card import model_card
     from .compact.model import save
-    from .config import PruneConfig
+    from .config import REFINETUNE_LR, PruneConfig
     from .methods import get_method
     from .pipeline import prune_model
 
@@ -137,7 +137,7 @@ def prune(
     cfg.validate()
     if cfg.lr is None:  # re-finetune at the learning rate the model was fine-tuned with, where recorded
         recorded = models.finetune_lr(model)
-        cfg = replace(cfg, lr=recorded or cfg.refinetune_lr)
+        cfg = replace(cfg, lr=recorded or REFINETUNE_LR)
         if recorded and cfg.finetune_epochs > 0:
             log.info("re-finetuning at lr %g, the model's own fine-tune's (its run_config.json)", recorded)
     compact = compact and get_method(cfg.method).structured

@@ -54,7 +54,10 @@ def finetune_lr(model: str | Path) -> float | None:
     path = Path(resolve(model)) / "run_config.json"
     if not path.is_file():
         return None
-    lr = json.loads(path.read_text()).get("lr")
+    try:
+        lr = json.loads(path.read_text()).get("lr")
+    except (json.JSONDecodeError, AttributeError):
+        raise PgbertError(f"{path} is not a JSON object: remove it, or give the re-finetune's --lr") from None
     return float(lr) if isinstance(lr, (int, float)) else None
 
 

@@ -5,6 +5,7 @@ import torch
 from conftest import FAMILIES, fast_config, sentiment_rows, squad_json, tiny_model
 
 from pgbert import api
+from pgbert.errors import PgbertError
 from pgbert.tasks import DataOptions, TaskData, get_task, load_task
 from pgbert.training import TrainConfig, apply_masks, evaluate, finetune
 
@@ -123,6 +124,9 @@ def test_prune_refinetunes_at_the_learning_rate_the_model_was_finetuned_with(
         _, rep = api.prune(model, "classification", 0.5, None, opts, cfg, compact=False)
         assert seen[-1] == want and rep["config"]["lr"] == want, (model, lr)
     assert len(seen) == 3 and REFINETUNE_LR == 5e-5
+    (tuned / "run_config.json").write_text("{lr: 3e-4")
+    with pytest.raises(PgbertError, match="run_config.json is not a JSON object: remove it, or give"):
+        api.prune(tuned, "classification", 0.5, None, opts, fast_config(finetune_epochs=0.2), compact=False)
 
 
 def test_kd_loss_is_tempered_kl_and_mse():
