@@ -9,6 +9,9 @@ same calibration draws per seed) and prints one markdown row per task:
 
 A cell reads "yes" or "**no**", then PGB minus each baseline in points (paired by seed, mean); "not run"
 where no file holds that budget (or, for the re-finetuned half, only a --finetune-epochs 0 compare does).
+
+--pool reads several files at one budget as more pairs (compares of the same task on other fine-tunes:
+each pair stays inside its file) and adds each baseline's wins-ties-losses and paired t-test p.
 """
 
 import argparse
@@ -37,41 +40,73 @@ def kept_starts(paths: list[str]) -> str:
     return ", ".join(f"{m} {k} of {n}" for m, (k, n) in sorted(counts.items()))
 
 
-def cells(paths: list[str], keep_start: bool = False) -> dict[tuple[float, str], list[tuple[str, float]]]:
-    """(sparsity, "oneshot" | "finetuned") -> [(baseline, PGB minus baseline)], from every file given
-    (keep_start: re-finetunes re-scored as stage 6 has scored them since session 29)."""
-    out: dict[tuple[float, str], list[tuple[str, float]]] = {}
-    for path, res, refinetuned in results(paths):
+def cells(
+    paths: list[str], keep_start: bool = False, pool: bool = False
+) -> dict[tuple[float, str], list[dict]]:
+    """(sparsity, "oneshot" | "finetuned") -> [{baseline, diff (PGB minus baseline), wins, ties, losses, p}],
+    from every file given (keep_start: re-finetunes re-scored as stage 6 has scored them since session 29;
+    pool: pairs of every file at a budget tested together, a file's seeds kept apart from another's)."""
+    out: dict[tuple[float, str], list[dict]] = {}
+    files = list(results(paths))
+    if pool:
+        if len(set(paths)) < len(paths):
+            raise SystemExit("--pool: a file given twice would count its pairs twice")
+        if not all(refinetuned for _, _, refinetuned in files):
+            raise SystemExit("--pool needs compares that re-finetuned (--finetune-epochs > 0) in every file")
+        rows = [{**r, "seed": (i, r["seed"])} for i, (_, res, _) in enumerate(files) for r in res["rows"]]
+        files = [(" + ".join(paths), {"rows": rows}, True)]
+    for path, res, refinetuned in files:
         rows = keep_start_rows(res["rows"]) if keep_start else res["rows"]
         for p in paired(rows):
             if p["budget"] != "sparsity":
                 continue
             for half in ("oneshot", "finetuned") if refinetuned else ("oneshot",):
                 key = (p["target"], half)
-                if any(b == p["baseline"] for b, _ in out.get(key, [])):
+                if any(d["baseline"] == p["baseline"] for d in out.get(key, [])):
                     raise SystemExit(f"{path}: sparsity {p['target']} vs {p['baseline']} already given")
-                out.setdefault(key, []).append((p["baseline"], p[half]))
+                wins, losses = p[half + "_wins"], p[half + "_losses"]
+                out.setdefault(key, []).append(
+                    {
+                        "baseline": p["baseline"],
+                        "diff": p[half],
+                        "wins": wins,
+                        "ties": p["seeds"] - wins - losses,
+                        "losses": losses,
+                        "p": p[half + "_p"],
+                    }
+                )
     return out
 
 
 TIE = 1e-9  # differences of means this small are float rounding of equal means
 
 
-def cell(diffs: list[tuple[str, float]] | None) -> str:
+def cell(diffs: list[dict] | None, detail: bool = False) -> str:
     if not diffs:
         return "not run"
     # a tie of equal counts (583 + 577 + 587 against 583 + 578 + 586 right on 700) can come out -4e-17
-    diffs = [(b, 0.0 if abs(d) < TIE else d) for b, d in diffs]
-    verdict = "yes" if all(d >= 0 for _, d in diffs) else "**no**"
-    return verdict + " (" + ", ".join(f"{SHORT.get(b, b)} {100 * d:+.1f}" for b, d in sorted(diffs)) + ")"
+    diffs = [{**d, "diff": 0.0 if abs(d["diff"]) < TIE else d["diff"]} for d in diffs]
+    diffs.sort(key=lambda d: d["baseline"])
+    verdict = "yes" if all(d["diff"] >= 0 for d in diffs) else "**no**"
+    return verdict + " (" + ", ".join(score(d, detail) for d in diffs) + ")"
 
 
-def grid(tasks: dict[str, list[str]], sparsities: list[float], keep_start: bool = False) -> str:
+def score(d: dict, detail: bool) -> str:
+    text = f"{SHORT.get(d['baseline'], d['baseline'])} {100 * d['diff']:+.1f}"
+    if detail:
+        p = "" if d["p"] is None else f", p {d['p']:.2f}"
+        text += f" {d['wins']}-{d['ties']}-{d['losses']}{p}"
+    return text
+
+
+def grid(
+    tasks: dict[str, list[str]], sparsities: list[float], keep_start: bool = False, pool: bool = False
+) -> str:
     head = " | ".join(f"{s:g} one shot | {s:g} re-finetuned" for s in sparsities)
     lines = [f"| task | {head} |", "|---" * (1 + 2 * len(sparsities)) + "|"]
     for task, paths in tasks.items():
-        c = cells(paths, keep_start)
-        row = [cell(c.get((s, half))) for s in sparsities for half in ("oneshot", "finetuned")]
+        c = cells(paths, keep_start, pool)
+        row = [cell(c.get((s, half)), pool) for s in sparsities for half in ("oneshot", "finetuned")]
         lines.append(f"| {task} | " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -83,6 +118,9 @@ if __name__ == "__main__":
     p.add_argument(
         "--keep-start", action="store_true", help="re-score re-finetunes as stage 6 has since session 29"
     )
+    p.add_argument(
+        "--pool", action="store_true", help="a task's files at one budget are more pairs (other fine-tunes)"
+    )
     a = p.parse_args()
     tasks = {}
     for spec in a.tasks:
@@ -90,7 +128,7 @@ if __name__ == "__main__":
         if not files:
             p.error(f"{spec!r}: expected NAME=results.json[,results.json...]")
         tasks[name] = files.split(",")
-    print(grid(tasks, a.sparsity, a.keep_start), end="")
+    print(grid(tasks, a.sparsity, a.keep_start, a.pool), end="")
     print("\nS: structured Fisher, K: Kwon et al.; PGB minus the baseline, points, mean over paired seeds.")
     if a.keep_start:
         kept = kept_starts([p for paths in tasks.values() for p in paths])

@@ -252,6 +252,40 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     assert "| v | yes (S +0.0) | yes (S +0.0) |" in grid.grid({"v": [str(tied)]}, [0.75])
 
 
+def test_grid_pools_pairs_of_compares_on_other_fine_tunes(tmp_path):
+    """benchmarks/grid.py --pool: a task's files at one budget are more pairs, each pair inside its file
+    (seed 0 of one file is never paired with seed 0 of the other); mean, signs and p over all pairs."""
+    import json
+
+    from scipy import stats
+
+    grid = benchmark("grid")
+
+    def compare(path, pgb, sf):
+        rows = [
+            {"method": m, "sparsity": 0.88, "seed": i, "oneshot": a, "finetuned": a + 0.01}
+            for m, accs in {"pgb": pgb, "structured-fisher": sf}.items()
+            for i, a in enumerate(accs)
+        ]
+        path.write_text(json.dumps({"config": {"finetune_epochs": 0.25}, "rows": rows}))
+        return str(path)
+
+    # per-seed differences: +0.03 +0.01 -0.01 in one file, -0.02 +0.00 +0.04 in the other
+    a = compare(tmp_path / "a.json", [0.83, 0.81, 0.79], [0.80, 0.80, 0.80])
+    b = compare(tmp_path / "b.json", [0.70, 0.75, 0.80], [0.72, 0.75, 0.76])
+    d = [0.03, 0.01, -0.01, -0.02, 0.0, 0.04]
+    p = stats.ttest_1samp(d, 0.0).pvalue
+    (got,) = grid.cells([a, b], pool=True)[0.88, "oneshot"]
+    assert got["diff"] == pytest.approx(sum(d) / 6) and (got["wins"], got["ties"], got["losses"]) == (3, 1, 2)
+    assert got["p"] == pytest.approx(p)
+    expect = f"| t | yes (S +0.8 3-1-2, p {p:.2f}) | yes (S +0.8 3-1-2, p {p:.2f}) |"
+    assert expect in grid.grid({"t": [a, b]}, [0.88], pool=True)
+    with pytest.raises(SystemExit, match="already given"):  # without --pool the same cell twice is an error
+        grid.cells([a, b])
+    with pytest.raises(SystemExit, match="given twice"):
+        grid.cells([a, a], pool=True)
+
+
 def test_keep_start_rescores_old_rows_with_the_one_shot_model_as_step_zero(tmp_path):
     """benchmarks/render_compare.py --keep-start (and grid.py's): each re-finetune scores at least its row's
     one-shot score, re-finetunes per mask set one by one; rows already scored so are unchanged."""
