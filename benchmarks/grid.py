@@ -88,15 +88,18 @@ def cell(diffs: list[dict] | None, detail: bool = False) -> str:
     diffs = [{**d, "diff": 0.0 if abs(d["diff"]) < TIE else d["diff"]} for d in diffs]
     diffs.sort(key=lambda d: d["baseline"])
     verdict = "yes" if all(d["diff"] >= 0 for d in diffs) else "**no**"
-    return verdict + " (" + ", ".join(score(d, detail) for d in diffs) + ")"
+    if detail:  # yes: K +1.8 (6-0-0, p 0.00); S +0.2 (4-0-2, p 0.50)
+        return verdict + ": " + "; ".join(f"{score(d)} ({signs(d)})" for d in diffs)
+    return verdict + " (" + ", ".join(score(d) for d in diffs) + ")"
 
 
-def score(d: dict, detail: bool) -> str:
-    text = f"{SHORT.get(d['baseline'], d['baseline'])} {100 * d['diff']:+.1f}"
-    if detail:
-        p = "" if d["p"] is None else f", p {d['p']:.2f}"
-        text += f" {d['wins']}-{d['ties']}-{d['losses']}{p}"
-    return text
+def score(d: dict) -> str:
+    return f"{SHORT.get(d['baseline'], d['baseline'])} {100 * d['diff']:+.1f}"
+
+
+def signs(d: dict) -> str:
+    p = "" if d["p"] is None else f", p {d['p']:.2f}"
+    return f"{d['wins']}-{d['ties']}-{d['losses']}{p}"
 
 
 def grid(

@@ -278,7 +278,7 @@ def test_grid_pools_pairs_of_compares_on_other_fine_tunes(tmp_path):
     (got,) = grid.cells([a, b], pool=True)[0.88, "oneshot"]
     assert got["diff"] == pytest.approx(sum(d) / 6) and (got["wins"], got["ties"], got["losses"]) == (3, 1, 2)
     assert got["p"] == pytest.approx(p)
-    expect = f"| t | yes (S +0.8 3-1-2, p {p:.2f}) | yes (S +0.8 3-1-2, p {p:.2f}) |"
+    expect = f"| t | yes: S +0.8 (3-1-2, p {p:.2f}) | yes: S +0.8 (3-1-2, p {p:.2f}) |"
     assert expect in grid.grid({"t": [a, b]}, [0.88], pool=True)
     with pytest.raises(SystemExit, match="already given"):  # without --pool the same cell twice is an error
         grid.cells([a, b])
