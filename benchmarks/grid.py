@@ -114,7 +114,7 @@ def grid(
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("tasks", nargs="+", help="NAME=results.json[,results.json...]")
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.88])
@@ -131,8 +131,16 @@ if __name__ == "__main__":
         if not files:
             p.error(f"{spec!r}: expected NAME=results.json[,results.json...]")
         tasks[name] = files.split(",")
-    print(grid(tasks, a.sparsity, a.keep_start, a.pool), end="")
+    try:
+        table = grid(tasks, a.sparsity, a.keep_start, a.pool)
+    except SystemExit as e:  # bad files: one line and exit code 2, as for bad arguments
+        p.exit(2, f"error: {e.code}\n")
+    print(table, end="")
     print("\nS: structured Fisher, K: Kwon et al.; PGB minus the baseline, points, mean over paired seeds.")
     if a.keep_start:
-        kept = kept_starts([p for paths in tasks.values() for p in paths])
+        kept = kept_starts([f for paths in tasks.values() for f in paths])
         print(f"Re-finetunes that keep the one-shot model (no dev check above it): {kept}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -252,7 +252,7 @@ def test_grid_cells_say_where_pgb_leads(tmp_path):
     assert "| v | yes (S +0.0) | yes (S +0.0) |" in grid.grid({"v": [str(tied)]}, [0.75])
 
 
-def test_grid_pools_pairs_of_compares_on_other_fine_tunes(tmp_path):
+def test_grid_pools_pairs_of_compares_on_other_fine_tunes(tmp_path, monkeypatch, capsys):
     """benchmarks/grid.py --pool: a task's files at one budget are more pairs, each pair inside its file
     (seed 0 of one file is never paired with seed 0 of the other); mean, signs and p over all pairs."""
     import json
@@ -284,6 +284,12 @@ def test_grid_pools_pairs_of_compares_on_other_fine_tunes(tmp_path):
         grid.cells([a, b])
     with pytest.raises(SystemExit, match="given twice"):
         grid.cells([a, a], pool=True)
+    # from the command line: one line and exit code 2
+    monkeypatch.setattr(sys, "argv", ["grid.py", "--pool", f"t={a},{a}"])
+    with pytest.raises(SystemExit) as e:
+        grid.main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: --pool: a file given twice")
 
 
 def test_keep_start_rescores_old_rows_with_the_one_shot_model_as_step_zero(tmp_path):
