@@ -14,7 +14,6 @@ score is the dev check at step 0, and the extra check changes nothing in trainin
 
 import argparse
 import json
-import sys
 
 from pgbert.comparison import budget_of, markdown, paired, plot, record, summarise
 
@@ -101,8 +100,31 @@ def rerun_table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser()
+def report(a: argparse.Namespace) -> str:
+    """The markdown report; writes --json and --png only once the files are known to merge."""
+    res = merge(a.results, a.replace)
+    if a.keep_start:
+        res["rows"] = keep_start_rows(res["rows"])
+    finetune_seeds = {c.get("finetune_seeds", 1) for c in res["configs"]}
+    if len(finetune_seeds) > 1:
+        raise SystemExit(
+            f"the files mix re-finetunes per pruned model ({sorted(finetune_seeds)}); merge like with like"
+        )
+    rows = res["rows"]
+    metric = rows[0]["metric"] if rows else "accuracy"
+    summary, pairs = summarise(rows), paired(rows)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({**res, "summary": summary, "paired": pairs}, f, indent=2)
+    if a.png:
+        plot(summary, a.png, metric)
+    refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in res["configs"])
+    text = markdown(summary, res["dense"], metric, pairs, refinetuned, finetune_seeds.pop())
+    return text + ("\n" + rerun_table(res) if res["replaced"] else "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+")
     p.add_argument("--json", help="write the merged rows with their summary and paired tables")
     p.add_argument("--png", help="write the plot of accuracy against measured speedup")
@@ -115,23 +137,12 @@ if __name__ == "__main__":
         "--keep-start", action="store_true", help="re-score re-finetunes as stage 6 has since session 29"
     )
     a = p.parse_args()
-    res = merge(a.results, a.replace)
-    if a.keep_start:
-        res["rows"] = keep_start_rows(res["rows"])
-    rows = res["rows"]
-    metric = rows[0]["metric"] if rows else "accuracy"
-    summary, pairs = summarise(rows), paired(rows)
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({**res, "summary": summary, "paired": pairs}, f, indent=2)
-    if a.png:
-        plot(summary, a.png, metric)
-    refinetuned = all(c.get("finetune_epochs", 1) > 0 for c in res["configs"])
-    finetune_seeds = {c.get("finetune_seeds", 1) for c in res["configs"]}
-    if len(finetune_seeds) > 1:
-        sys.exit(
-            f"the files mix re-finetunes per pruned model ({sorted(finetune_seeds)}); merge like with like"
-        )
-    print(markdown(summary, res["dense"], metric, pairs, refinetuned, finetune_seeds.pop()), end="")
-    if res["replaced"]:
-        print("\n" + rerun_table(res), end="")
+    try:
+        text = report(a)
+    except SystemExit as e:  # bad files: one line and exit code 2, as for bad arguments
+        p.exit(2, f"error: {e.code}\n")
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

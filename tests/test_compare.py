@@ -406,7 +406,7 @@ def test_calibration_size_reads_compare_and_merged_compare_files(tmp_path):
         calibration_size.compare_rows(str(mixed), 0.88, {0})
 
 
-def test_render_compare_replaces_rows_only_when_asked(tmp_path):
+def test_render_compare_replaces_rows_only_when_asked(tmp_path, monkeypatch, capsys):
     """benchmarks/render_compare.py: a method re-run (same budget and seed) replaces the earlier row with
     --replace, and is an error without it; the other rows are kept and the replaced ones listed."""
     import json
@@ -443,6 +443,19 @@ def test_render_compare_replaces_rows_only_when_asked(tmp_path):
     again = render_compare.merge([str(c), str(b)], replace=True)
     assert again["configs"] == [{}, {}, {}] and again["sources"] == [str(a), str(b), str(b)]
     assert [r["by"] for r in again["replaced"]] == [str(b)] and len(again["rows"]) == 2
+    # from the command line, bad files are one line, exit code 2 and no --json written
+    out = tmp_path / "merged.json"
+    d = tmp_path / "d.json"
+    d.write_text(json.dumps({**result(new), "config": {"finetune_seeds": 2}}))
+    for args, says in (
+        ([a, b], "error: the same method, budget and seed"),
+        ([a, d, "--replace"], "error: the files mix re-finetunes"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["render_compare.py", *map(str, args), "--json", str(out)])
+        with pytest.raises(SystemExit) as e:
+            render_compare.main()
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and err.startswith(says) and not out.exists()
 
 
 def test_render_ablation_pairs_each_variant_with_the_reference_by_seed():
