@@ -53,6 +53,9 @@ class PruneConfig:
     # a drop stands only if it lowers the held-out loss by this many standard errors of the paired
     # per-example difference (0: by any amount, the rule before session 12)
     drop_check_se: float = 2.0
+    # end on the lowest-loss allocation the drop check measured when it beats the chain's end by
+    # drop_check_se standard errors (False: the chain's end, the rule before session 33)
+    drop_check_best: bool = False
     # T > 1: re-score the partly pruned, compensated model T - 1 times on the way to the budget. 1 (one
     # estimate, on the dense model): on the MiniLM, 3 seeds, one shot, T = 2 never did better on the mean
     # (0.5 / 0.75 / 0.88: -0.3 / -0.6 / -0.2 points; at 5x speed -4.1) and took twice the time

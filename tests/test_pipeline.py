@@ -275,9 +275,9 @@ def test_a_drop_stands_only_when_its_gain_exceeds_its_standard_error():
     assert not kept_ffn(masks) and checks[0]["dropped"] is True
 
 
-def test_drop_check_also_checks_what_the_kept_allocation_drops(monkeypatch):
-    """Keeping layer 1's FFN makes the knapsack drop layer 0's attention instead: that new drop is checked
-    too (and kept, as the measure prefers), so the result drops nothing unchecked."""
+def chain_of_drops(monkeypatch):
+    """A knapsack (faked) that drops layer 1's FFN; told to keep it, layer 0's attention; told to keep
+    both, nothing. Returns the scores and names to pass to choose_masks."""
     from pgbert.stages import allocation
     from pgbert.stages.allocation import Option
 
@@ -294,6 +294,13 @@ def test_drop_check_also_checks_what_the_kept_allocation_drops(monkeypatch):
 
     monkeypatch.setattr(allocation, "build_items", lambda *a: [])
     monkeypatch.setattr(allocation, "choose_options", fake_choose)
+    return scores, names
+
+
+def test_drop_check_also_checks_what_the_kept_allocation_drops(monkeypatch):
+    """Keeping layer 1's FFN makes the knapsack drop layer 0's attention instead: that new drop is checked
+    too (and kept, as the measure prefers), so the result drops nothing unchecked."""
+    scores, names = chain_of_drops(monkeypatch)
 
     def loss(m):  # losing layer 1's FFN costs 2, layer 0's attention 1
         return 2.0 * (float(m["l1.ffn_in"].sum()) == 0) + (float(m["l0.q"].sum()) == 0)
@@ -301,6 +308,36 @@ def test_drop_check_also_checks_what_the_kept_allocation_drops(monkeypatch):
     _, masks, checks = choose_masks(scores, names, OptionSpace(), 0.5, loss, drop_se=0.0)
     assert [c["sublayer"] for c in checks] == ["layer1.ffn", "layer0.attention"]
     assert all(float(m.sum()) == 16 for m in masks.values())
+
+
+def test_drop_check_best_ends_on_the_best_allocation_it_measured(monkeypatch):
+    """Per-example losses (n = 100, e a +-1 pattern of sample std 1): dropping layer 1's FFN 1.75 flat,
+    dropping layer 0's attention instead 1.85 + e, dropping nothing 2.0 flat. Each neighbour's gain is under
+    two standard errors (0.1 +- 0.1, 0.15 +- 0.1), so the chain keeps both and ends on the worst of the
+    three; the first beats that end by 0.25 with no spread, so drop_check_best ends there. With the first
+    at 1.75 + 2e (0.25 +- 0.2 below the end) it does not."""
+    scores, names = chain_of_drops(monkeypatch)
+    e = torch.tensor([1.0, -1.0] * 50, dtype=torch.float64) * (100 / 99) ** -0.5
+    flat = torch.ones(100, dtype=torch.float64)
+
+    def losses(spread):
+        def loss(m):
+            if float(m["l1.ffn_in"].sum()) == 0:
+                return 1.75 * flat + spread * e
+            return 1.85 + e if float(m["l0.q"].sum()) == 0 else 2.0 * flat
+
+        return loss
+
+    _, masks, checks = choose_masks(scores, names, OptionSpace(), 0.5, losses(0.0), drop_se=2.0)
+    assert all(float(m.sum()) == 16 for m in masks.values()) and len(checks) == 2  # the chain's end
+    _, masks, checks = choose_masks(scores, names, OptionSpace(), 0.5, losses(0.0), drop_se=2.0, best=True)
+    assert sorted(n for n, m in masks.items() if float(m.sum()) == 0) == ["l1.ffn_in", "l1.ffn_out"]
+    last = checks[-1]
+    assert (last["sublayer"], last["dropped"], last["drops"]) == ("best", True, ["layer1.ffn"])
+    assert (last["loss_dropped"], last["loss_kept"], last["difference_se"]) == pytest.approx((1.75, 2.0, 0.0))
+    _, masks, checks = choose_masks(scores, names, OptionSpace(), 0.5, losses(2.0), drop_se=2.0, best=True)
+    assert all(float(m.sum()) == 16 for m in masks.values()) and checks[-1]["dropped"] is False
+    assert checks[-1]["difference_se"] == pytest.approx(0.2)
 
 
 def test_example_losses_average_to_the_models_own_loss(tokenizer, tmp_path):

@@ -103,6 +103,7 @@ class PGB(Method):
                     measure,
                     b.knapsack() if b else None,
                     cfg.drop_check_se,
+                    cfg.drop_check_best,
                 )
             except LatencyInfeasible as e:
                 raise b.unreachable(e) from None

@@ -514,11 +514,15 @@ def choose_masks(
     measure: Callable[[dict[str, torch.Tensor]], torch.Tensor | float] | None = None,
     latency: tuple | None = None,
     drop_se: float = 0.0,
+    best: bool = False,
 ) -> tuple[dict[str, Option], dict[str, torch.Tensor], list[dict]]:
     """Stages 2-4: grouping, allocation and the masks in original coordinates (re-permutation). With
     `measure` (masks -> per-example losses on held-out examples, lower is better), every sublayer the
     knapsack drops is checked against the allocation that must keep it (the drop check): the drop stands
     only if it measures lower by at least drop_se standard errors of the paired difference (drop_stands).
+    Each check compares two neighbours, so a chain of kept drops can end on an allocation that measures
+    worse than one passed on the way; with best=True the check ends on the lowest-loss allocation it
+    measured when that beats the chain's end by drop_se standard errors (recorded as a check on "best").
     latency: (cost table, head dim, ms budget of the sublayers) for a measured-time budget."""
     items = build_items(scores, names, space, sparsity or 0.0)
     ms_budget = None
@@ -531,6 +535,7 @@ def choose_masks(
     if measure is None or not dropped_sublayers(chosen, names):
         return chosen, masks, checks
     loss, keep, checked = measure(masks), frozenset(), set()
+    measured = [(chosen, masks, loss)]
     while True:  # an allocation that keeps one sublayer may drop another: that drop is checked too
         pending = [(label, sub) for label, sub in dropped_sublayers(chosen, names) if label not in checked]
         if not pending:
@@ -543,6 +548,7 @@ def choose_masks(
             continue  # the budget cannot keep it
         alt_masks = masks_of(alt, scores, names)
         alt_loss = measure(alt_masks)
+        measured.append((alt, alt_masks, alt_loss))
         stands, diff, se = drop_stands(loss, alt_loss, drop_se)
         checks.append(
             {
@@ -555,6 +561,15 @@ def choose_masks(
         )
         if not stands:
             chosen, masks, loss, keep = alt, alt_masks, alt_loss, keep | set(sub)
+    low = min(measured, key=lambda m: _mean(m[2]))
+    if best and low[2] is not loss:
+        better, _, se = drop_stands(low[2], loss, drop_se)
+        checks.append(
+            {"sublayer": "best", "loss_dropped": _mean(low[2]), "loss_kept": _mean(loss), "difference_se": se}
+            | {"dropped": better, "drops": [label for label, _ in dropped_sublayers(low[0], names)]}
+        )
+        if better:
+            chosen, masks = low[0], low[1]
     return chosen, masks, checks
 
 
