@@ -10,6 +10,7 @@ itself), and with --finetune-epochs E also re-finetuned as `pgbert prune` does (
   no-layer-drop   every matrix keeps at least one block
   no-drop-check   sublayers drop where the knapsack's second-order price says so, unmeasured
   drop-check-best the drop check ends on the lowest-loss allocation it measured, if 2 SE below its end
+  drop-check-fit-512  the drop check compensates each allocation on 512 examples (PGB's default: 128)
   steps-T         importance estimated T times (T = 1, PGB's default: once, on the dense model)
   residual-target O and FFN-out compensate toward dense output + residual error (Kwon et al.'s target)
   damp-D          compensation's ridge weight D x the mean squared input (PGB's default: 0.01)
@@ -67,6 +68,7 @@ VARIANTS = {
     "no-drop-check": {"drop_check": False},  # drops as the knapsack prices them (before issue 12)
     "drop-check-mean": {"drop_check_se": 0.0},  # a drop stands on any measured gain (before session 12)
     "drop-check-best": {"drop_check_best": True},  # end on the best measured allocation if 2 SE better
+    "drop-check-fit-512": {"drop_check_samples": 512},  # the drop check compensates on 512 examples (128)
     "steps-1": {"importance_steps": 1},  # one importance estimate (the default)
     "steps-2": {"importance_steps": 2},  # a second estimate on the partly pruned model
     "steps-3": {"importance_steps": 3},
