@@ -93,7 +93,8 @@ VARIANTS = {
     # structured Fisher's shape with PGB's scores: full-width neurons down to 16, drops as the knapsack prices them
     "full-width-low-no-drop-check": {"free_widths": False, "ffn_low": True, "drop_check": False},
     "kd": {"kd": True},
-    "lr-1e-4": {"lr": 1e-4},  # re-finetune's peak learning rate (`--lr`; here 5e-5 unless a variant sets it)
+    "lr-2e-5": {"lr": 2e-5},  # re-finetune's peak learning rate (`--lr`; here 5e-5 unless a variant sets it)
+    "lr-1e-4": {"lr": 1e-4},
     "lr-2e-4": {"lr": 2e-4},
     "no-keep-start": {"keep_start": False},  # the re-finetune returns its best check, even below one shot
     "compensate-512": {"compensation_samples": 512},
