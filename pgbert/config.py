@@ -74,7 +74,7 @@ class PruneConfig:
     keep_start: bool = True
     # None: the learning rate the model was fine-tuned with where `pgbert finetune` recorded it (the model
     # folder's run_config.json), else REFINETUNE_LR; since session 31 (at 0.88 the fine-tune's 1e-4 beat 5e-5
-    # on both MiniLM fine-tunes measured, at 0.5 they tied: README, "Re-finetuning's learning rate")
+    # on both MiniLM fine-tunes measured, at 0.5 they tied: benchmarks/RESULTS.md, "Re-finetuning's learning rate")
     lr: float | None = None
     batch_size: int = 32
     max_seq_length: int = 128
