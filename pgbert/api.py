@@ -135,11 +135,14 @@ def prune(
     if sparsity is not None:
         cfg.sparsity = sparsity
     cfg.validate()
-    if cfg.lr is None:  # re-finetune at the learning rate the model was fine-tuned with, where recorded
+    if cfg.lr is None:  # re-finetune at the model's own fine-tune's learning rate, where recorded, or 5e-5
         recorded = models.finetune_lr(model)
-        cfg = replace(cfg, lr=recorded or REFINETUNE_LR)
+        cfg = replace(cfg, lr=max(recorded or 0.0, REFINETUNE_LR))
         if recorded and cfg.finetune_epochs > 0:
-            log.info("re-finetuning at lr %g, the model's own fine-tune's (its run_config.json)", recorded)
+            if recorded >= REFINETUNE_LR:
+                log.info("re-finetuning at lr %g, the model's own fine-tune's (its run_config.json)", cfg.lr)
+            else:  # measured worse than the floor (benchmarks/RESULTS.md)
+                log.info("re-finetuning at lr %g: the model's fine-tune ran at %g, too low", cfg.lr, recorded)
     compact = compact and get_method(cfg.method).structured
     if output is not None:
         check_output_dir(output, overwrite)

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr",
         type=float,
         help="re-finetuning's peak learning rate (default: the one MODEL was fine-tuned with where `pgbert "
-        "finetune` recorded it in MODEL/run_config.json, else 5e-5)",
+        "finetune` recorded it in MODEL/run_config.json, but at least 5e-5; else 5e-5)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="re-finetuning's batch size")
     p.add_argument("--seed", type=int, default=0, help="calibration draw and re-finetuning's data order")

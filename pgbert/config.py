@@ -8,7 +8,8 @@ from .errors import PgbertError
 from .stages.allocation import GROUP_COUNTS
 
 MIN_CALIB = 32
-REFINETUNE_LR = 5e-5  # re-finetuning's peak learning rate where the model's own fine-tune's is not recorded
+# re-finetuning's peak learning rate where the model's own fine-tune's is not recorded, and its floor where it is
+REFINETUNE_LR = 5e-5
 
 
 @dataclass
@@ -73,8 +74,10 @@ class PruneConfig:
     # best of the checks alone, which at 0.5 often scored below the one-shot model it started from)
     keep_start: bool = True
     # None: the learning rate the model was fine-tuned with where `pgbert finetune` recorded it (the model
-    # folder's run_config.json), else REFINETUNE_LR; since session 31 (at 0.88 the fine-tune's 1e-4 beat 5e-5
-    # on both MiniLM fine-tunes measured, at 0.5 they tied: benchmarks/RESULTS.md, "Re-finetuning's learning rate")
+    # folder's run_config.json), but not below REFINETUNE_LR; else REFINETUNE_LR. Since session 31 (at 0.88
+    # the fine-tune's 1e-4 beat 5e-5 on both bundled-task fine-tunes measured, at 0.5 they tied); the floor
+    # since session 34 (on a model fine-tuned at 2e-5, re-finetuning at 2e-5 lost to 5e-5 on every seed):
+    # benchmarks/RESULTS.md, "Re-finetuning's learning rate"
     lr: float | None = None
     batch_size: int = 32
     max_seq_length: int = 128

@@ -101,8 +101,9 @@ def test_kd_runs_and_api_writes_run_folder(tokenizer, save_tiny, tmp_path):
 def test_prune_refinetunes_at_the_learning_rate_the_model_was_finetuned_with(
     save_tiny, tmp_path, monkeypatch
 ):
-    """pgbert prune's re-finetune runs at the lr `pgbert finetune` recorded in the model folder, at
-    REFINETUNE_LR for a folder without one, and at an explicit lr when given; the report says which."""
+    """pgbert prune's re-finetune runs at the lr `pgbert finetune` recorded in the model folder but never
+    below REFINETUNE_LR, at REFINETUNE_LR for a folder without one, and at an explicit lr when given (below
+    the floor too); the report says which."""
     import pgbert.pipeline as pipeline
     from pgbert.config import REFINETUNE_LR
 
@@ -124,6 +125,12 @@ def test_prune_refinetunes_at_the_learning_rate_the_model_was_finetuned_with(
         _, rep = api.prune(model, "classification", 0.5, None, opts, cfg, compact=False)
         assert seen[-1] == want and rep["config"]["lr"] == want, (model, lr)
     assert len(seen) == 3 and REFINETUNE_LR == 5e-5
+    config = json.loads((tuned / "run_config.json").read_text())
+    (tuned / "run_config.json").write_text(json.dumps({**config, "lr": 2e-5}))  # fine-tuned below the floor
+    _, rep = api.prune(
+        tuned, "classification", 0.5, None, opts, fast_config(finetune_epochs=0.2), compact=False
+    )
+    assert seen[-1] == rep["config"]["lr"] == 5e-5
     (tuned / "run_config.json").write_text("{lr: 3e-4")
     with pytest.raises(PgbertError, match="run_config.json is not a JSON object: remove it, or give"):
         api.prune(tuned, "classification", 0.5, None, opts, fast_config(finetune_epochs=0.2), compact=False)
