@@ -170,7 +170,7 @@ def run_seed(dense, tok, data, a, seed: int) -> list[dict]:
         quiet=True,
         seed=seed,
         finetune_epochs=a.finetune_epochs,
-        lr=REFINETUNE_LR,  # as compare (pgbert prune: the model's own fine-tune's lr where recorded)
+        lr=REFINETUNE_LR,  # as compare (pgbert prune: the model's own fine-tune's lr where recorded, at least this)
     )
     calib = calibrate(data, tok, dense, base, "shuffle")
     dense_metrics = evaluate(dense, tok, data)
