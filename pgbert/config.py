@@ -76,7 +76,7 @@ class PruneConfig:
     # None: the learning rate the model was fine-tuned with where `pgbert finetune` recorded it (the model
     # folder's run_config.json), but not below REFINETUNE_LR; else REFINETUNE_LR. Since session 31 (at 0.88
     # the fine-tune's 1e-4 beat 5e-5 on both bundled-task fine-tunes measured, at 0.5 they tied); the floor
-    # since session 34 (on a model fine-tuned at 2e-5, re-finetuning at 2e-5 lost to 5e-5 on every seed):
+    # since session 34 (on two models fine-tuned at 2e-5, re-finetuning at 2e-5 lost 0.5 to 5e-5, 1-1-4):
     # benchmarks/RESULTS.md, "Re-finetuning's learning rate"
     lr: float | None = None
     batch_size: int = 32
