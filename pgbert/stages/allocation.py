@@ -561,8 +561,8 @@ def choose_masks(
         )
         if not stands:
             chosen, masks, loss, keep = alt, alt_masks, alt_loss, keep | set(sub)
-    low = min(measured, key=lambda m: _mean(m[2]))
-    if best and low[2] is not loss:
+    low = min(measured, key=lambda m: _mean(m[2])) if best else None
+    if low is not None and low[2] is not loss:
         better, _, se = drop_stands(low[2], loss, drop_se)
         checks.append(
             {"sublayer": "best", "loss_dropped": _mean(low[2]), "loss_kept": _mean(loss), "difference_se": se}
